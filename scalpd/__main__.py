@@ -1,0 +1,5 @@
+import sys
+
+from scalpd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""`scalpd`: the command line. Each subcommand is a thin shell over a package function.
+
+Exit codes: 0 success, 1 a run failed (bad data, exchange error), 2 bad configuration or usage.
+Bad input gives one line on stderr, never a traceback (SCALPD_DEBUG=1 shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from scalpd import __version__
+from scalpd.config.settings import ConfigError, Settings, load_settings
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+class CliError(Exception):
+    """A usage error caught after argparse (bad date, conflicting flags)."""
+
+
+def _parse_date_ms(text: str) -> int:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"bad date {text!r}: use YYYY-MM-DD or an ISO time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    env = os.environ.get("SCALPD_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    over = overrides or {}
+    if getattr(args, "db", None):
+        over.setdefault("store", {})["path"] = args.db
+    return load_settings(_config_path(args), over)
+
+
+# -- replay ----------------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import orjson
+
+    from scalpd.logs import configure_logging
+    from scalpd.replay.runner import load_input, run_replay
+    from scalpd.replay.summary import format_summary
+    from scalpd.store.sqlite import Store
+
+    over: dict[str, Any] = {}
+    if args.data:
+        over["data"] = {"paths": args.data}
+    settings = _settings(args, over)
+    configure_logging(args.log_level or "warning", settings.logging.format, sys.stderr)
+    start_ms = _parse_date_ms(args.start) if args.start else None
+    end_ms = _parse_date_ms(args.end) if args.end else None
+    inp = load_input(settings, args.symbol or None, start_ms, end_ms)
+    store = Store(settings.store.path)
+    try:
+        result = run_replay(settings, inp, store)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps({"run_id": result.run_id, **result.summary}).decode() + "\n")
+    else:
+        print(format_summary(result.summary, result.run_id, str(settings.store.path)))
+    return 0
+
+
+# -- run (paper / live) ------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scalpd.live.daemon import run_daemon
+
+    settings = _settings(args)
+    return run_daemon(settings, paper=args.paper, max_bars=args.max_bars)
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from scalpd.bench import run_benchmarks
+
+    return run_benchmarks(args.names, as_json=args.json)
+
+
+# -- fake exchange -----------------------------------------------------------------------------
+
+
+def cmd_fake_exchange(args: argparse.Namespace) -> int:
+    from scalpd.fakex.cli import main as fake_main
+
+    return fake_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalpd",
+        description="Crypto scalping daemon: one engine for replay, paper and live trading.",
+    )
+    parser.add_argument("--version", action="version", version=f"scalpd {__version__}")
+    parser.add_argument(
+        "--config", help="TOML settings file (default: ./config.toml if present, or $SCALPD_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("replay", help="run history through the engine (a backtest)")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="PATH",
+        help="Parquet files of 1m bars (default: a synthetic market, labelled as such)",
+    )
+    p.add_argument("--symbol", action="append", help="symbol of each --data file, in order")
+    p.add_argument("--from", dest="start", metavar="DATE", help="first bar, UTC (YYYY-MM-DD)")
+    p.add_argument("--to", dest="end", metavar="DATE", help="end, exclusive, UTC (YYYY-MM-DD)")
+    p.add_argument("--db", help="SQLite store (default: store.path)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="trade live market data (real orders, or --paper)")
+    p.add_argument("--paper", action="store_true", help="simulated fills, no real orders")
+    p.add_argument("--db", help="SQLite store (default: store.path)")
+    p.add_argument("--max-bars", type=int, help="stop after this many closed bars (testing)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="run benchmarks; one JSON object a line")
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    p.add_argument("--json", action="store_true", help="JSON lines only (the default output)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "fake-exchange",
+        help="serve a local fake Binance from Parquet bars (try `scalpd run` without an account)",
+        add_help=False,
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_fake_exchange)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scalpd.data.parquet import DataError
+    from scalpd.store.sqlite import StoreError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CliError) as exc:
+        print(f"scalpd: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (DataError, StoreError) as exc:
+        print(f"scalpd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("scalpd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Market data: bar series, their validation and gaps, Parquet files, the synthetic market."""

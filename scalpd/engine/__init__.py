@@ -1,0 +1,1 @@
+"""The engine: the one event loop body shared by replay, paper and live, and its ports."""

@@ -1,0 +1,29 @@
+"""Assembling an engine from settings: the one place where replay, paper and live agree."""
+
+from __future__ import annotations
+
+from scalpd.config.settings import Settings
+from scalpd.engine.engine import ClientIds, Engine, Journal
+from scalpd.engine.ports import Broker, Clock
+from scalpd.risk.gate import RiskGate
+from scalpd.strategy import build_strategy
+
+
+def client_id_prefix(run_id: int) -> str:
+    # Binance allows [.A-Z:/a-z0-9_-]{1,36}; run 123, order 45 -> "sd123-45" (+"tp"/"sl" legs).
+    return f"sd{run_id}-"
+
+
+def build_engine(
+    settings: Settings, *, broker: Broker, journal: Journal, clock: Clock, run_id: int, cash: float
+) -> Engine:
+    return Engine(
+        strategy=build_strategy(settings),
+        risk=RiskGate(settings.risk),
+        broker=broker,
+        journal=journal,
+        clock=clock,
+        cash=cash,
+        ids=ClientIds(client_id_prefix(run_id)),
+        equity_interval_ms=settings.store.equity_snapshot_interval_s * 1000,
+    )

@@ -1,0 +1,270 @@
+"""The engine: per-event code shared by replay, paper and live.
+
+`on_bar` and `on_gap` are synchronous and do no I/O of their own: replay calls them in a tight
+loop over batches, the live runner calls them as events arrive from the network. Orders go to
+the broker port, records to the journal port; neither call blocks.
+
+The order of work at each closed bar is fixed, so every mode sees the same sequence:
+1. the broker's reports due by this bar's close (fills, cancels, armed exits) are booked;
+2. the strategy sees the bar and the account, and returns intents;
+3. each intent passes the risk gate, is journaled as an order, then sent to the broker;
+4. equity and drawdown are updated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from scalpd.engine.portfolio import ClosedTrade, Portfolio, Position
+from scalpd.engine.ports import Broker, Clock
+from scalpd.events import (
+    TERMINAL_STATUSES,
+    Bar,
+    Fill,
+    Gap,
+    Order,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+)
+from scalpd.risk.gate import Decision, RiskGate
+from scalpd.strategy.base import Strategy
+
+
+class Journal(Protocol):
+    """Where the engine records what it decides and what happens (SQLite in practice)."""
+
+    def record_intent(self, intent: OrderIntent, decision: Decision) -> None: ...
+    def record_order(self, order: Order) -> None: ...
+    def record_order_update(self, update: OrderUpdate, filled_qty: float) -> None: ...
+    def record_fill(self, fill: Fill, position: Position | None) -> None: ...
+    def record_trade(self, trade: ClosedTrade) -> None: ...
+    def record_equity(self, time_ms: int, equity: float, cash: float) -> None: ...
+
+
+class ClientIds:
+    """Our own client order ids: restart-safe because the run id is in them."""
+
+    __slots__ = ("_prefix", "_seq")
+
+    def __init__(self, prefix: str, start: int = 0) -> None:
+        self._prefix = prefix
+        self._seq = start
+
+    def next(self) -> str:
+        self._seq += 1
+        return f"{self._prefix}{self._seq}"
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        strategy: Strategy,
+        risk: RiskGate,
+        broker: Broker,
+        journal: Journal,
+        clock: Clock,
+        cash: float,
+        ids: ClientIds,
+        equity_interval_ms: int,
+    ) -> None:
+        self._strategy = strategy
+        self._risk = risk
+        self._broker = broker
+        self._journal = journal
+        self._clock = clock
+        self._ids = ids
+        self._equity_interval_ms = equity_interval_ms
+        self._next_equity_ms = 0
+        self._log = structlog.get_logger("scalpd.engine")
+        self.portfolio = Portfolio(cash)
+        self.open_orders: dict[str, Order] = {}
+        self._filled_qty: dict[str, float] = {}
+        # Symbol -> number of entries/exits in flight (bracket legs excluded).
+        self._working: dict[str, int] = {}
+        self.trades: list[ClosedTrade] = []
+        self.bars_seen = 0
+        self.gaps_seen = 0
+        self.anomalies = 0
+        self.start_equity = cash
+        self.peak_equity = cash
+        self.max_drawdown = 0.0
+        self.last_bar_ms: dict[str, int] = {}
+
+    # -- StrategyContext ---------------------------------------------------------------------
+
+    def position(self, symbol: str) -> Position | None:
+        return self.portfolio.positions.get(symbol)
+
+    def has_working_order(self, symbol: str) -> bool:
+        return symbol in self._working
+
+    def equity(self) -> float:
+        return self.portfolio.equity()
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def on_bar(self, bar: Bar) -> None:
+        close_ms = bar.open_time_ms + 60_000
+        self._clock.observe(close_ms)
+        reports = self._broker.on_bar(bar)
+        if reports:
+            self.apply_reports(reports)
+        pf = self.portfolio
+        pf.last_price[bar.symbol] = bar.close
+        intents = self._strategy.on_bar(bar, self)
+        if intents:
+            for intent in intents:
+                self._route(intent, bar.close)
+        equity = pf.equity() if pf.positions else pf.cash
+        if equity > self.peak_equity:
+            self.peak_equity = equity
+        else:
+            drawdown = 1.0 - equity / self.peak_equity
+            if drawdown > self.max_drawdown:
+                self.max_drawdown = drawdown
+        if close_ms >= self._next_equity_ms:
+            self._journal.record_equity(close_ms, equity, pf.cash)
+            self._next_equity_ms = close_ms - close_ms % self._equity_interval_ms + (
+                self._equity_interval_ms
+            )
+        self.last_bar_ms[bar.symbol] = bar.open_time_ms
+        self.bars_seen += 1
+
+    def on_gap(self, gap: Gap) -> None:
+        self.gaps_seen += 1
+        self._log.warning(
+            "data_gap",
+            symbol=gap.symbol,
+            last_open_time_ms=gap.last_open_time_ms,
+            next_open_time_ms=gap.next_open_time_ms,
+            missing_bars=gap.missing_bars,
+        )
+        self._strategy.on_gap(gap)
+
+    def apply_reports(self, reports: Sequence) -> None:
+        """Book broker reports: fills, order updates, and orders the broker made (exit legs)."""
+        for report in reports:
+            kind = type(report)
+            if kind is Fill:
+                self._on_fill(report)
+            elif kind is OrderUpdate:
+                self._on_update(report)
+            elif kind is Order:
+                self._journal.record_order(report)
+                self.open_orders[report.client_id] = report
+                self._log.info(
+                    "exit_armed",
+                    client_id=report.client_id,
+                    parent_id=report.parent_id,
+                    symbol=report.symbol,
+                    type=report.type.value,
+                    price=report.price,
+                    qty=report.qty,
+                )
+            else:
+                self.anomalies += 1
+                self._log.error("unknown_broker_report", report=repr(report))
+
+    def finish(self, time_ms: int) -> None:
+        """Record the final equity (the end of a replay, or a clean shutdown)."""
+        pf = self.portfolio
+        self._journal.record_equity(time_ms, pf.equity(), pf.cash)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _route(self, intent: OrderIntent, price: float) -> None:
+        decision = self._risk.check(intent, price, self.portfolio.position_qty(intent.symbol))
+        self._journal.record_intent(intent, decision)
+        if not decision.allowed:
+            self._log.warning(
+                "intent_rejected",
+                symbol=intent.symbol,
+                side=intent.side.value,
+                qty=intent.qty,
+                reason=intent.reason,
+                decision=decision.reason,
+            )
+            return
+        if intent.reduce_only:
+            self._broker.cancel_bracket(intent.symbol, intent.time_ms)
+        order = Order(
+            client_id=self._ids.next(),
+            symbol=intent.symbol,
+            side=intent.side,
+            type=OrderType.MARKET,
+            qty=intent.qty,
+            time_ms=intent.time_ms,
+            reason=intent.reason,
+            bracket=intent.bracket,
+            reduce_only=intent.reduce_only,
+        )
+        # Journal first: after a crash the order is known even if the send never happened.
+        self._journal.record_order(order)
+        self.open_orders[order.client_id] = order
+        self._working[order.symbol] = self._working.get(order.symbol, 0) + 1
+        self._log.info(
+            "order",
+            client_id=order.client_id,
+            symbol=order.symbol,
+            side=order.side.value,
+            qty=order.qty,
+            reason=order.reason,
+        )
+        self._broker.submit(order)
+
+    def _on_fill(self, fill: Fill) -> None:
+        order = self.open_orders.get(fill.client_id)
+        if order is None:
+            self.anomalies += 1
+            self._log.error("fill_for_unknown_order", client_id=fill.client_id, fill=fill._asdict())
+            return
+        trade = self.portfolio.apply_fill(fill)
+        self._journal.record_fill(fill, self.portfolio.positions.get(fill.symbol))
+        self._log.info(
+            "fill",
+            client_id=fill.client_id,
+            trade_id=fill.trade_id,
+            symbol=fill.symbol,
+            side=fill.side.value,
+            qty=fill.qty,
+            price=fill.price,
+            fee=fill.fee,
+            reason=fill.reason,
+        )
+        filled = self._filled_qty.get(fill.client_id, 0.0) + fill.qty
+        if filled >= order.qty * (1 - 1e-9):
+            self._on_update(OrderUpdate(fill.client_id, OrderStatus.FILLED, fill.time_ms, filled))
+        else:
+            self._filled_qty[fill.client_id] = filled
+        if trade is not None:
+            self.trades.append(trade)
+            self._journal.record_trade(trade)
+        self._strategy.on_fill(fill)
+
+    def _on_update(self, update: OrderUpdate) -> None:
+        order = self.open_orders.get(update.client_id)
+        if order is None:
+            self.anomalies += 1
+            self._log.error("update_for_unknown_order", client_id=update.client_id)
+            return
+        filled = max(update.filled_qty, self._filled_qty.get(update.client_id, 0.0))
+        self._journal.record_order_update(update, filled)
+        if update.status in TERMINAL_STATUSES:
+            del self.open_orders[update.client_id]
+            self._filled_qty.pop(update.client_id, None)
+            if order.parent_id is None:
+                left = self._working[order.symbol] - 1
+                if left:
+                    self._working[order.symbol] = left
+                else:
+                    del self._working[order.symbol]
+        if update.status is OrderStatus.REJECTED:
+            self._log.warning(
+                "order_rejected", client_id=update.client_id, reason=update.reason
+            )

@@ -1,0 +1,1 @@
+"""Execution: brokers (simulated and ccxt), their fill models, and exchange order rules."""

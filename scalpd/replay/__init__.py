@@ -1,0 +1,1 @@
+"""Replay: history through the same engine on a simulated clock, and the run summary."""

@@ -1,0 +1,321 @@
+"""SQLite store: runs, intents, orders, fills, round trips, positions, equity, quarantined rows.
+
+WAL mode. A live journal commits every record at once with `synchronous=FULL`, so an order is
+on disk before it is sent; a replay journal commits in batches (a replay can be run again) and
+marks its run completed only at the very end, so a crash never leaves a run that looks whole.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from scalpd.engine.portfolio import ClosedTrade, Position
+from scalpd.events import Fill, Order, OrderIntent, OrderStatus, OrderUpdate
+from scalpd.risk.gate import Decision
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    mode TEXT NOT NULL,             -- replay | paper | live
+    status TEXT NOT NULL,           -- running | completed | failed | interrupted
+    started_at_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER,
+    data_label TEXT,
+    config_json TEXT NOT NULL,
+    summary_json TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS intents (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    time_ms INTEGER NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty REAL NOT NULL,
+    reason TEXT NOT NULL,
+    allowed INTEGER NOT NULL,
+    decision TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS orders (
+    client_id TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    type TEXT NOT NULL,
+    qty REAL NOT NULL,
+    price REAL,
+    reason TEXT NOT NULL,
+    parent_id TEXT,
+    reduce_only INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    filled_qty REAL NOT NULL DEFAULT 0,
+    status_reason TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_run_status ON orders(run_id, status);
+CREATE TABLE IF NOT EXISTS fills (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    client_id TEXT NOT NULL,
+    trade_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    side TEXT NOT NULL,
+    qty REAL NOT NULL,
+    price REAL NOT NULL,
+    fee REAL NOT NULL,
+    fee_asset TEXT NOT NULL,
+    liquidity TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    UNIQUE (run_id, client_id, trade_id)
+);
+CREATE TABLE IF NOT EXISTS trades (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    symbol TEXT NOT NULL,
+    entry_time_ms INTEGER NOT NULL,
+    exit_time_ms INTEGER NOT NULL,
+    qty REAL NOT NULL,
+    entry_price REAL NOT NULL,
+    exit_price REAL NOT NULL,
+    fees REAL NOT NULL,
+    pnl REAL NOT NULL,
+    exit_reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    symbol TEXT NOT NULL,
+    qty REAL NOT NULL,
+    avg_price REAL NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, symbol)
+);
+CREATE TABLE IF NOT EXISTS equity (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    time_ms INTEGER NOT NULL,
+    equity REAL NOT NULL,
+    cash REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS equity_run_time ON equity(run_id, time_ms);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER REFERENCES runs(id),
+    source TEXT NOT NULL,
+    row_index INTEGER NOT NULL,
+    open_time_ms INTEGER,
+    reason TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    pass
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Store:
+    """One SQLite database file; `journal(run_id)` gives the engine's recorder for a run."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite_utils.Database(path)
+            self.conn: sqlite3.Connection = self.db.conn
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        self.path = path
+
+    def _migrate(self) -> None:
+        self.conn.executescript(_SCHEMA)
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            self.conn.commit()
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema version {row[0]} is newer than this scalpd understands ({SCHEMA_VERSION})"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def start_run(self, mode: str, config: dict[str, Any], data_label: str) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs(mode, status, started_at_ms, data_label, config_json) "
+            "VALUES (?, 'running', ?, ?, ?)",
+            (mode, _now_ms(), data_label, orjson.dumps(config).decode()),
+        )
+        self.conn.commit()
+        return int(cur.lastrowid)
+
+    def finish_run(
+        self, run_id: int, status: str, summary: dict[str, Any] | None = None, error: str = ""
+    ) -> None:
+        self.conn.execute(
+            "UPDATE runs SET status=?, finished_at_ms=?, summary_json=?, error=? WHERE id=?",
+            (
+                status,
+                _now_ms(),
+                orjson.dumps(summary).decode() if summary is not None else None,
+                error or None,
+                run_id,
+            ),
+        )
+        self.conn.commit()
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self.db["runs"].get(run_id)
+
+    def rows(self, table: str, run_id: int) -> list[dict[str, Any]]:
+        return list(self.db[table].rows_where("run_id = ?", [run_id], order_by="rowid"))
+
+    def quarantine(self, run_id: int | None, source: str, rows: list[tuple[int, int, str]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO quarantine(run_id, source, row_index, open_time_ms, reason) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(run_id, source, i, t, reason) for i, t, reason in rows],
+        )
+        self.conn.commit()
+
+    def journal(self, run_id: int, *, durable: bool) -> SqliteJournal:
+        return SqliteJournal(self.conn, run_id, durable=durable)
+
+
+class SqliteJournal:
+    """The engine's Journal port on SQLite.
+
+    durable=True (live, paper): commit each record with synchronous=FULL before returning.
+    durable=False (replay): one transaction per `_BATCH` records, and `flush()` at the end.
+    """
+
+    _BATCH = 5_000
+
+    def __init__(self, conn: sqlite3.Connection, run_id: int, *, durable: bool) -> None:
+        self._conn = conn
+        self._run = run_id
+        self._durable = durable
+        self._pending = 0
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+
+    def _done(self) -> None:
+        if self._durable:
+            self._conn.commit()
+            return
+        self._pending += 1
+        if self._pending >= self._BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self._conn.commit()
+        self._pending = 0
+
+    def record_intent(self, intent: OrderIntent, decision: Decision) -> None:
+        self._conn.execute(
+            "INSERT INTO intents(run_id, time_ms, symbol, side, qty, reason, allowed, decision) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._run,
+                intent.time_ms,
+                intent.symbol,
+                intent.side.value,
+                intent.qty,
+                intent.reason,
+                int(decision.allowed),
+                decision.reason,
+            ),
+        )
+        self._done()
+
+    def record_order(self, order: Order) -> None:
+        self._conn.execute(
+            "INSERT INTO orders(client_id, run_id, symbol, side, type, qty, price, reason, "
+            "parent_id, reduce_only, status, created_ms, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                order.client_id,
+                self._run,
+                order.symbol,
+                order.side.value,
+                order.type.value,
+                order.qty,
+                order.price,
+                order.reason,
+                order.parent_id,
+                int(order.reduce_only),
+                OrderStatus.NEW.value,
+                order.time_ms,
+                order.time_ms,
+            ),
+        )
+        self._done()
+
+    def record_order_update(self, update: OrderUpdate, filled_qty: float) -> None:
+        self._conn.execute(
+            "UPDATE orders SET status=?, filled_qty=?, status_reason=?, updated_ms=? "
+            "WHERE client_id=?",
+            (update.status.value, filled_qty, update.reason or None, update.time_ms, update.client_id),
+        )
+        self._done()
+
+    def record_fill(self, fill: Fill, position: Position | None) -> None:
+        self._conn.execute(
+            "INSERT INTO fills(run_id, client_id, trade_id, symbol, side, qty, price, fee, "
+            "fee_asset, liquidity, reason, time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self._run,
+                fill.client_id,
+                fill.trade_id,
+                fill.symbol,
+                fill.side.value,
+                fill.qty,
+                fill.price,
+                fill.fee,
+                fill.fee_asset,
+                fill.liquidity,
+                fill.reason,
+                fill.time_ms,
+            ),
+        )
+        qty, avg = (position.qty, position.avg_price) if position is not None else (0.0, 0.0)
+        self._conn.execute(
+            "INSERT INTO positions(run_id, symbol, qty, avg_price, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(run_id, symbol) DO UPDATE SET "
+            "qty=excluded.qty, avg_price=excluded.avg_price, updated_ms=excluded.updated_ms",
+            (self._run, fill.symbol, qty, avg, fill.time_ms),
+        )
+        self._done()
+
+    def record_trade(self, trade: ClosedTrade) -> None:
+        self._conn.execute(
+            "INSERT INTO trades(run_id, symbol, entry_time_ms, exit_time_ms, qty, entry_price, "
+            "exit_price, fees, pnl, exit_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._run, *trade),
+        )
+        self._done()
+
+    def record_equity(self, time_ms: int, equity: float, cash: float) -> None:
+        self._conn.execute(
+            "INSERT INTO equity(run_id, time_ms, equity, cash) VALUES (?, ?, ?, ?)",
+            (self._run, time_ms, equity, cash),
+        )
+        self._done()

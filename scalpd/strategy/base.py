@@ -1,0 +1,32 @@
+"""The strategy interface: bars in, order intents out. No I/O, no knowledge of the mode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from scalpd.engine.portfolio import Position
+from scalpd.events import Bar, Fill, Gap, OrderIntent
+
+
+class StrategyContext(Protocol):
+    """What a strategy may read of the account; the engine provides it."""
+
+    def position(self, symbol: str) -> Position | None: ...
+
+    def has_working_order(self, symbol: str) -> bool:
+        """An entry or exit sent but not yet filled, rejected or cancelled (brackets excluded)."""
+
+    def equity(self) -> float: ...
+
+
+class Strategy(Protocol):
+    name: str
+
+    def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
+        """Called at each closed bar, after the fills it brought are booked."""
+
+    def on_gap(self, gap: Gap) -> None:
+        """Bars are missing: state that assumes consecutive bars must restart."""
+
+    def on_fill(self, fill: Fill) -> None: ...

@@ -1,0 +1,82 @@
+"""Rule baseline: go long when the fast EMA of closes crosses above the slow one.
+
+Exits: the bracket (take-profit and stop-loss, armed at the fill price) or, failing both, a
+market exit once the position has been held `max_hold_bars`. Long only: spot cannot short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scalpd.config.settings import StrategySettings, SymbolsSettings
+from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Side
+from scalpd.execution.rules import floor_to_step
+from scalpd.strategy.base import StrategyContext
+
+_NO_INTENTS: tuple[OrderIntent, ...] = ()
+
+
+class _EmaState:
+    __slots__ = ("fast", "slow", "count", "above")
+
+    def __init__(self, close: float) -> None:
+        self.fast = close
+        self.slow = close
+        self.count = 1
+        self.above = False
+
+
+class EmaCross:
+    name = "ema_cross"
+
+    def __init__(self, settings: StrategySettings, symbols: SymbolsSettings) -> None:
+        self._alpha_fast = 2.0 / (settings.fast_period_bars + 1)
+        self._alpha_slow = 2.0 / (settings.slow_period_bars + 1)
+        self._warmup_bars = settings.slow_period_bars
+        self._max_hold_ms = settings.max_hold_bars * BAR_INTERVAL_MS
+        self._fraction = settings.position_fraction
+        self._bracket = Bracket(settings.take_profit_bps, settings.stop_loss_bps)
+        self._symbols = symbols
+        self._state: dict[str, _EmaState] = {}
+
+    def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
+        symbol = bar.symbol
+        close = bar.close
+        st = self._state.get(symbol)
+        if st is None:
+            self._state[symbol] = _EmaState(close)
+            return _NO_INTENTS
+        st.fast += self._alpha_fast * (close - st.fast)
+        st.slow += self._alpha_slow * (close - st.slow)
+        st.count += 1
+        was_above = st.above
+        st.above = above = st.fast > st.slow
+        if ctx.has_working_order(symbol):
+            return _NO_INTENTS
+        pos = ctx.position(symbol)
+        if pos is not None:
+            if bar.close_time_ms - pos.opened_ms >= self._max_hold_ms:
+                return (
+                    OrderIntent(
+                        symbol, Side.SELL, pos.qty, "time_stop", bar.close_time_ms, None, True
+                    ),
+                )
+            return _NO_INTENTS
+        if above and not was_above and st.count > self._warmup_bars:
+            rules = self._symbols.rules(symbol)
+            qty = floor_to_step(ctx.equity() * self._fraction / close, rules.step_size)
+            # Too small for the exchange: sending it would only earn a rejection.
+            if qty >= rules.min_qty and qty * close >= rules.min_notional_usdt:
+                return (
+                    OrderIntent(
+                        symbol, Side.BUY, qty, "ema_cross_up", bar.close_time_ms, self._bracket
+                    ),
+                )
+        return _NO_INTENTS
+
+    def on_gap(self, gap: Gap) -> None:
+        # An EMA across missing bars would treat distant bars as neighbours: start again.
+        self._state.pop(gap.symbol, None)
+
+    def on_fill(self, fill: Fill) -> None:
+        return None

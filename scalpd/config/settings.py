@@ -8,7 +8,6 @@ owner-only secrets file and are held as `SecretStr`, so they never print.
 
 from __future__ import annotations
 
-import os
 import stat
 import tomllib
 from pathlib import Path
@@ -21,7 +20,7 @@ ENV_PREFIX = "SCALPD_"
 
 
 class ConfigError(Exception):
-    """A bad configuration: the message is one line naming the key, the value and what is allowed."""
+    """A bad configuration; the message is one line: the key, the value, what is allowed."""
 
 
 class Section(BaseModel):
@@ -223,7 +222,8 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     if isinstance(exchange, dict) and ({"api_key", "api_secret"} & set(exchange)):
         raise ConfigError(
             "config key 'exchange.api_key'/'api_secret' is not allowed in a config file; "
-            "allowed: SCALPD_EXCHANGE__API_KEY / SCALPD_EXCHANGE__API_SECRET or exchange.secrets_file"
+            "allowed: SCALPD_EXCHANGE__API_KEY / SCALPD_EXCHANGE__API_SECRET "
+            "or exchange.secrets_file"
         )
     for section, values in (overrides or {}).items():
         file_data.setdefault(section, {}).update(values)
@@ -239,10 +239,3 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
                 exchange_values[key] = value
         settings = settings.model_copy(update={"exchange": ExchangeSettings(**exchange_values)})
     return settings
-
-
-def env_snapshot() -> dict[str, str]:
-    """The SCALPD_ environment variables, secrets masked (for diagnostics)."""
-    return {
-        k: ("<secret>" if "API_" in k else v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)
-    }

@@ -107,9 +107,7 @@ def validate(bars: BarColumns) -> tuple[BarColumns, list[QuarantinedRow]]:
         mark(ot == seen_before, "duplicate open_time")
         mark(ot < seen_before, "open_time out of order")
     bad = reasons != ""
-    quarantined = [
-        QuarantinedRow(int(i), int(ot[i]), str(reasons[i])) for i in np.nonzero(bad)[0]
-    ]
+    quarantined = [QuarantinedRow(int(i), int(ot[i]), str(reasons[i])) for i in np.nonzero(bad)[0]]
     return (bars.take(~bad) if quarantined else bars), quarantined
 
 

@@ -130,8 +130,8 @@ class Engine:
                 self.max_drawdown = drawdown
         if close_ms >= self._next_equity_ms:
             self._journal.record_equity(close_ms, equity, pf.cash)
-            self._next_equity_ms = close_ms - close_ms % self._equity_interval_ms + (
-                self._equity_interval_ms
+            self._next_equity_ms = (
+                close_ms - close_ms % self._equity_interval_ms + (self._equity_interval_ms)
             )
         self.last_bar_ms[bar.symbol] = bar.open_time_ms
         self.bars_seen += 1
@@ -265,6 +265,4 @@ class Engine:
                 else:
                     del self._working[order.symbol]
         if update.status is OrderStatus.REJECTED:
-            self._log.warning(
-                "order_rejected", client_id=update.client_id, reason=update.reason
-            )
+            self._log.warning("order_rejected", client_id=update.client_id, reason=update.reason)

@@ -165,7 +165,9 @@ class SimBroker:
             if order.side is Side.BUY:
                 cost = order.qty * price * (1 + self._fees.taker_bps / 1e4)
                 if cost > self.cash:
-                    why = f"insufficient balance: need {cost:.2f} {QUOTE_ASSET}, have {self.cash:.2f}"
+                    why = (
+                        f"insufficient balance: need {cost:.2f} {QUOTE_ASSET}, have {self.cash:.2f}"
+                    )
             elif order.qty > self.base.get(order.symbol, 0.0) + 1e-12:
                 why = f"insufficient balance: sell {order.qty}, have {self.base.get(order.symbol)}"
         if why is not None:

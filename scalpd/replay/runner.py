@@ -107,7 +107,7 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
             reasons = "; ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
             raise DataError(
                 f"{n_bad} bad row(s) quarantined ({reasons}); fix the data or set "
-                "data.on_bad_rows = \"skip\" to replay without them"
+                'data.on_bad_rows = "skip" to replay without them'
             )
     source = ReplaySource(inp.series)
     run_id = store.start_run("replay", settings.redacted(), inp.label)

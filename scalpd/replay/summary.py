@@ -55,8 +55,7 @@ def format_summary(summary: dict[str, Any], run_id: int, db_path: str) -> str:
         f"{summary['bars']:,} bars, {summary['gaps']} gaps)",
         f"  trades        {summary['trades']} ({summary['trades_per_day']}/day), "
         f"win rate {summary['win_rate_pct']}%",
-        f"  return        {summary['total_return_pct']:+.3f}% net of fees "
-        f"(buy and hold: {bh})",
+        f"  return        {summary['total_return_pct']:+.3f}% net of fees (buy and hold: {bh})",
         f"  max drawdown  {summary['max_drawdown_pct']:.3f}%",
         f"  fees paid     {summary['fees_usdt']:,.2f} USDT",
         f"  final equity  {summary['final_equity_usdt']:,.2f} USDT",

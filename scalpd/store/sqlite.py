@@ -273,7 +273,13 @@ class SqliteJournal:
         self._conn.execute(
             "UPDATE orders SET status=?, filled_qty=?, status_reason=?, updated_ms=? "
             "WHERE client_id=?",
-            (update.status.value, filled_qty, update.reason or None, update.time_ms, update.client_id),
+            (
+                update.status.value,
+                filled_qty,
+                update.reason or None,
+                update.time_ms,
+                update.client_id,
+            ),
         )
         self._done()
 

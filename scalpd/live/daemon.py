@@ -1,0 +1,189 @@
+"""`scalpd run`: the daemon loop for paper and live trading, on uvloop.
+
+Per closed bar: learn what resting exits did (`broker.sync`), run the engine's per-event code
+(the same `Engine.on_bar` replay calls), then send what it decided (`broker.flush`). Paper mode
+swaps the ccxt broker for the simulated one and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import ccxt
+import structlog
+
+from scalpd.config.settings import Settings
+from scalpd.engine.build import build_engine
+from scalpd.engine.engine import Engine
+from scalpd.engine.ports import WallClock
+from scalpd.events import Gap
+from scalpd.execution.ccxt_broker import CcxtBroker
+from scalpd.execution.sim import SimBroker
+from scalpd.live.exchange import make_exchange, market_rules
+from scalpd.live.source import CcxtBarSource
+from scalpd.logs import configure_logging
+from scalpd.store.sqlite import Store
+
+log = structlog.get_logger("scalpd.live")
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, paper: bool, max_bars: int | None = None) -> None:
+        self.settings = settings
+        self.paper = paper
+        self.max_bars = max_bars
+        self.mode = "paper" if paper else "live"
+        self.engine: Engine | None = None
+        self.source: CcxtBarSource | None = None
+        self.run_id: int | None = None
+        self.bars_processed = 0
+        self._progress = asyncio.Condition()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the current bar, then shut down cleanly (SIGTERM, SIGINT)."""
+        self._stop.set()
+
+    async def wait_processed(self, bars: int) -> None:
+        """Until `bars` closed bars have been fully handled (decided and sent)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.bars_processed >= bars)
+
+    async def run(self) -> int:
+        settings = self.settings
+        if not self.paper and (
+            settings.exchange.api_key is None or settings.exchange.api_secret is None
+        ):
+            log.error("missing_api_keys", hint="set SCALPD_EXCHANGE__API_KEY and _API_SECRET")
+            print(
+                "scalpd: error: live trading needs API keys (SCALPD_EXCHANGE__API_KEY, "
+                "SCALPD_EXCHANGE__API_SECRET or exchange.secrets_file); or use --paper",
+                file=sys.stderr,
+            )
+            return 2
+        store = Store(settings.store.path)
+        exchange = make_exchange(settings.exchange)
+        status, error = "failed", ""
+        try:
+            await exchange.load_markets()
+            symbols = settings.symbols.trade
+            rules = {s: market_rules(exchange, s) for s in symbols}
+            cash = settings.sim.starting_cash_usdt
+            if self.paper:
+                broker: SimBroker | CcxtBroker = SimBroker(
+                    cash=cash, fees=settings.fees, rules=rules
+                )
+            else:
+                broker = CcxtBroker(exchange, rules)
+                balance = await exchange.fetch_balance()
+                cash = float(balance.get("USDT", {}).get("free") or 0.0)
+            label = f"{self.mode}: {exchange.urls['api']['public']}"
+            self.run_id = store.start_run(self.mode, settings.redacted(), label)
+            self.engine = engine = build_engine(
+                settings,
+                broker=broker,
+                journal=store.journal(self.run_id, durable=True),
+                clock=WallClock(),
+                run_id=self.run_id,
+                cash=cash,
+            )
+            self.source = CcxtBarSource(exchange, symbols, settings.exchange)
+            log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
+            await self._loop(engine, broker)
+            status = "completed" if self.max_bars else "stopped"
+            return 0
+        except ccxt.AuthenticationError as exc:
+            error = f"authentication failed: {type(exc).__name__}"
+            print(f"scalpd: error: {error}", file=sys.stderr)
+            return 1
+        except ccxt.NetworkError as exc:
+            error = f"exchange unreachable: {type(exc).__name__}: {exc}"
+            print(f"scalpd: error: {error}", file=sys.stderr)
+            return 1
+        except asyncio.CancelledError:
+            status = "interrupted"
+            raise
+        finally:
+            if self.run_id is not None:
+                if self.engine is not None:
+                    self.engine.finish(WallClock().now_ms())
+                summary = self._summary()
+                store.finish_run(self.run_id, status, summary, error)
+                log.info("daemon_stopped", run_id=self.run_id, status=status, **summary)
+            await exchange.close()
+            store.close()
+
+    async def _loop(self, engine: Engine, broker: SimBroker | CcxtBroker) -> None:
+        assert self.source is not None
+        live_broker = broker if isinstance(broker, CcxtBroker) else None
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        events = self.source.__aiter__()
+        try:
+            while not self._stop.is_set():
+                next_event = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait(
+                    [next_event, stop_wait], return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_event not in done:
+                    next_event.cancel()
+                    break
+                event = next_event.result()
+                if type(event) is Gap:
+                    engine.on_gap(event)
+                    continue
+                if live_broker is not None:
+                    await live_broker.sync()
+                engine.on_bar(event)
+                if live_broker is not None:
+                    await live_broker.flush()
+                async with self._progress:
+                    self.bars_processed += 1
+                    self._progress.notify_all()
+                log.info(
+                    "bar",
+                    symbol=event.symbol,
+                    open_time_ms=event.open_time_ms,
+                    close=event.close,
+                    equity=round(engine.equity(), 2),
+                )
+                if self.max_bars and self.bars_processed >= self.max_bars:
+                    break
+        finally:
+            stop_wait.cancel()
+            await events.aclose()
+
+    def _summary(self) -> dict[str, Any]:
+        engine = self.engine
+        if engine is None:
+            return {}
+        src = self.source
+        return {
+            "bars": engine.bars_seen,
+            "trades": len(engine.trades),
+            "equity_usdt": round(engine.equity(), 2),
+            "fees_usdt": round(engine.portfolio.fees_paid, 2),
+            "reconnects": src.reconnects if src else 0,
+            "duplicates_dropped": src.duplicates if src else 0,
+            "bars_quarantined": src.quarantined if src else 0,
+            "anomalies": engine.anomalies,
+        }
+
+
+def run_daemon(settings: Settings, *, paper: bool, max_bars: int | None = None) -> int:
+    configure_logging(settings.logging.level, settings.logging.format)
+    daemon = Daemon(settings, paper=paper, max_bars=max_bars)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stop)
+        return await daemon.run()
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main())
+    return uvloop.run(main())

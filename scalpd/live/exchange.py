@@ -1,0 +1,99 @@
+"""The ccxt / ccxt.pro client, built from settings and pointed at Binance, a testnet or a fake.
+
+The subclass keeps one thing ccxt's unified candles drop: the kline's closed flag (`x`), and
+with it the taker-buy volume and trade count, so a live bar carries the same fields as a
+replayed one and a bar is acted on exactly when the exchange closes it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import ccxt.pro
+
+from scalpd.config.settings import ExchangeSettings, MarketRules
+
+# Closed klines kept per symbol between two reads by the source: far more than can pile up.
+_CLOSED_KLINES_KEPT = 10_000
+
+
+class ScalpdBinance(ccxt.pro.binance):
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        super().__init__(config or {})
+        # Market id ("BTCUSDT") -> raw closed kline payloads, oldest first.
+        self.closed_klines: dict[str, deque[dict[str, Any]]] = {}
+
+    def handle_ohlcv(self, client: Any, message: dict) -> None:
+        kline = message.get("k") if isinstance(message, dict) else None
+        if isinstance(kline, dict) and kline.get("x") is True and message.get("e") == "kline":
+            market_id = kline.get("s")
+            if isinstance(market_id, str):
+                queue = self.closed_klines.get(market_id)
+                if queue is None:
+                    queue = self.closed_klines[market_id] = deque(maxlen=_CLOSED_KLINES_KEPT)
+                queue.append(kline)
+        super().handle_ohlcv(client, message)
+
+
+def point_at(exchange: ccxt.Exchange, rest_url: str | None, ws_url: str | None) -> None:
+    """Send every REST and WebSocket URL of `exchange` to another host, keeping the paths.
+
+    All families (sapi, fapi, ...) move, not only spot's: an unexpected call must reach the
+    configured host, never the real exchange.
+    """
+
+    def move(url: str, base: str) -> str:
+        return base.rstrip("/") + urlsplit(url).path
+
+    def walk(node: dict[str, Any], in_ws: bool) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, in_ws or key == "ws")
+            elif isinstance(value, str):
+                if in_ws and ws_url:
+                    node[key] = move(value, ws_url)
+                elif not in_ws and rest_url:
+                    node[key] = move(value, rest_url)
+
+    walk(exchange.urls["api"], False)
+
+
+def make_exchange(settings: ExchangeSettings) -> ScalpdBinance:
+    config: dict[str, Any] = {
+        "timeout": settings.request_timeout_ms,
+        "enableRateLimit": True,
+        "options": {
+            "defaultType": "spot",
+            # Only spot: otherwise load_markets also asks the futures and margin endpoints.
+            "fetchMarkets": {"types": ["spot"]},
+            "fetchCurrencies": False,
+            "fetchMargins": False,
+        },
+    }
+    if settings.api_key is not None and settings.api_secret is not None:
+        config["apiKey"] = settings.api_key.get_secret_value()
+        config["secret"] = settings.api_secret.get_secret_value()
+    exchange = ScalpdBinance(config)
+    if settings.rest_url or settings.ws_url:
+        point_at(exchange, settings.rest_url, settings.ws_url)
+        # ccxt maps Binance's spot error codes only for its own spot host; keep the mapping
+        # so a filter failure is still InvalidOrder when the host is another.
+        exchange.get_exceptions_by_url = lambda url, kind: exchange.exceptions["spot"].get(kind, {})
+    return exchange
+
+
+def market_rules(exchange: ccxt.Exchange, symbol: str) -> MarketRules:
+    """The exchange's filters for `symbol` (after load_markets), as the sim broker uses them."""
+    market = exchange.market(symbol)
+    info = {f["filterType"]: f for f in market["info"].get("filters", [])}
+    price = info.get("PRICE_FILTER", {})
+    lot = info.get("LOT_SIZE", {})
+    notional = info.get("NOTIONAL") or info.get("MIN_NOTIONAL") or {}
+    return MarketRules(
+        tick_size=float(price.get("tickSize", market["precision"]["price"])),
+        step_size=float(lot.get("stepSize", market["precision"]["amount"])),
+        min_qty=float(lot.get("minQty", market["limits"]["amount"]["min"] or 0) or 1e-12),
+        min_notional_usdt=float(notional.get("minNotional", market["limits"]["cost"]["min"] or 0)),
+    )

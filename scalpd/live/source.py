@@ -1,0 +1,200 @@
+"""Live market data: closed 1-minute bars from ccxt.pro, reconnected and backfilled.
+
+ccxt.pro does not reconnect by itself: a dropped connection raises NetworkError from the
+pending watch, and the next watch opens a new connection. Each symbol has its own loop that
+waits with exponential backoff, backfills the bars missed meanwhile over REST, and watches
+again. Whatever the path a bar came by, the strategy sees each bar once, in time order: a bar
+not after the last one emitted is dropped and counted, a hole the exchange itself has (no bars
+over REST either) becomes a Gap event, and a malformed bar is quarantined and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ccxt
+import numpy as np
+import structlog
+
+from scalpd.config.settings import ExchangeSettings
+from scalpd.data.bars import BarColumns, validate
+from scalpd.events import BAR_INTERVAL_MS, Bar, Gap
+from scalpd.live.exchange import ScalpdBinance
+
+log = structlog.get_logger("scalpd.live.source")
+
+_KLINES_PAGE = 1000
+
+
+def _num(value: Any, default: float = math.nan) -> float:
+    return default if value is None else float(value)
+
+
+def bar_from_ws_kline(symbol: str, k: dict[str, Any]) -> Bar:
+    """A Bar from a WebSocket kline payload; KeyError, TypeError or ValueError if malformed."""
+    return Bar(
+        symbol,
+        int(k["t"]),
+        float(k["o"]),
+        float(k["h"]),
+        float(k["l"]),
+        float(k["c"]),
+        float(k["v"]),
+        _num(k.get("q")),
+        int(k.get("n", -1)),
+        _num(k.get("V")),
+    )
+
+
+def bar_from_rest_row(symbol: str, row: list[Any]) -> Bar:
+    """A Bar from a REST /api/v3/klines row [t, o, h, l, c, v, T, q, n, V, Q, B]."""
+    return Bar(
+        symbol,
+        int(row[0]),
+        float(row[1]),
+        float(row[2]),
+        float(row[3]),
+        float(row[4]),
+        float(row[5]),
+        _num(row[7]) if len(row) > 7 else math.nan,
+        int(row[8]) if len(row) > 8 else -1,
+        _num(row[9]) if len(row) > 9 else math.nan,
+    )
+
+
+def bar_problem(bar: Bar) -> str | None:
+    """Why `bar` is unusable, by the same rules as historical data (`data.bars.validate`)."""
+    one = BarColumns(
+        bar.symbol,
+        *(np.array([value]) for value in bar[1:]),
+    )
+    _, bad = validate(one)
+    return bad[0].reason if bad else None
+
+
+class CcxtBarSource:
+    def __init__(
+        self, exchange: ScalpdBinance, symbols: list[str], settings: ExchangeSettings
+    ) -> None:
+        self._exchange = exchange
+        self._symbols = symbols
+        self._settings = settings
+        self._queue: asyncio.Queue[Bar | Gap] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self.last_open_ms: dict[str, int] = {}
+        self.reconnects = 0
+        self.duplicates = 0
+        self.quarantined = 0
+        self.backfilled = 0
+
+    async def __aiter__(self) -> AsyncIterator[Bar | Gap]:
+        self._tasks = [
+            asyncio.create_task(self._watch(symbol), name=f"watch:{symbol}")
+            for symbol in self._symbols
+        ]
+        try:
+            while True:
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait(
+                    [getter, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()
+                    for task in done:  # a watcher died: surface its error, never hang
+                        task.result()
+                    raise RuntimeError("a market-data watcher stopped")
+                yield getter.result()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    # -- per symbol ----------------------------------------------------------------------------
+
+    async def _watch(self, symbol: str) -> None:
+        market_id = self._exchange.market(symbol)["id"]
+        backoff_s = self._settings.reconnect_initial_backoff_s
+        while True:
+            try:
+                await self._exchange.watch_ohlcv(symbol, "1m")
+                backoff_s = self._settings.reconnect_initial_backoff_s
+                self._drain(symbol, market_id)
+            except ccxt.NetworkError as exc:
+                self.reconnects += 1
+                log.warning(
+                    "market_data_disconnected",
+                    symbol=symbol,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(backoff_s, 3),
+                )
+                # Jitter keeps several symbols from reconnecting in lock-step.
+                await asyncio.sleep(backoff_s * (1 + 0.2 * random.random()))
+                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_backoff_s)
+                await self._backfill(symbol, market_id)
+
+    def _drain(self, symbol: str, market_id: str) -> None:
+        queue = self._exchange.closed_klines.get(market_id)
+        while queue:
+            kline = queue.popleft()
+            try:
+                bar = bar_from_ws_kline(symbol, kline)
+            except (KeyError, TypeError, ValueError) as exc:
+                self.quarantined += 1
+                log.error("malformed_kline", symbol=symbol, error=str(exc), kline=repr(kline)[:300])
+                continue
+            self._emit(bar)
+
+    async def _backfill(self, symbol: str, market_id: str) -> None:
+        """Fetch over REST the closed bars after the last one emitted."""
+        since = self.last_open_ms.get(symbol)
+        if since is None:
+            return
+        try:
+            now_ms = await self._exchange.fetch_time()
+            while True:
+                rows = await self._exchange.public_get_klines(
+                    {
+                        "symbol": market_id,
+                        "interval": "1m",
+                        "startTime": since + BAR_INTERVAL_MS,
+                        "limit": _KLINES_PAGE,
+                    }
+                )
+                closed = [r for r in rows if int(r[0]) + BAR_INTERVAL_MS <= now_ms]
+                for row in closed:
+                    self.backfilled += 1
+                    self._emit(bar_from_rest_row(symbol, row))
+                if len(rows) < _KLINES_PAGE or not closed:
+                    break
+                since = int(closed[-1][0])
+        except ccxt.NetworkError as exc:
+            # The next watch will fail too and bring us back here after the backoff.
+            log.warning("backfill_failed", symbol=symbol, error=f"{type(exc).__name__}: {exc}")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            self.quarantined += 1
+            log.error("malformed_klines_response", symbol=symbol, error=str(exc))
+
+    def _emit(self, bar: Bar) -> None:
+        symbol = bar.symbol
+        last = self.last_open_ms.get(symbol)
+        if last is not None and bar.open_time_ms <= last:
+            self.duplicates += 1
+            log.debug("bar_dropped_not_after_last", symbol=symbol, open_time_ms=bar.open_time_ms)
+            return
+        problem = bar_problem(bar)
+        if problem is not None:
+            self.quarantined += 1
+            log.error("bar_quarantined", symbol=symbol, reason=problem, bar=bar._asdict())
+            return
+        if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
+            self._queue.put_nowait(Gap(symbol, last, bar.open_time_ms))
+        self.last_open_ms[symbol] = bar.open_time_ms
+        self._queue.put_nowait(bar)

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines only (the default output)")
     p.set_defaults(func=cmd_bench)
 
+    from scalpd.data.cli import add_data_commands
+
+    add_data_commands(sub)
+
     p = sub.add_parser(
         "fake-exchange",
         help="serve a local fake Binance from Parquet bars (try `scalpd run` without an account)",

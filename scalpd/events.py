@@ -6,6 +6,7 @@ immutable, typed and about four times cheaper to create than a frozen dataclass.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -174,4 +175,13 @@ def from_json(data: bytes | str) -> Any:
             raw[key] = enum(raw[key])
     if cls is Trade:
         raw["taker_side"] = Side(raw["taker_side"])
+    for name in _NAN_AS_NULL.get(cls, ()):
+        if raw.get(name) is None:  # JSON has no NaN: orjson writes it as null
+            raw[name] = math.nan
     return cls(**raw)
+
+
+# Float fields that hold NaN for "unknown" (a source without taker volume, say).
+_NAN_AS_NULL: dict[type, tuple[str, ...]] = {
+    Bar: ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume"),
+}

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 ENV_PREFIX = "SCALPD_"
 
@@ -164,8 +170,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment wins over the file, so a unit file can override one key.
-        return (env_settings, init_settings)
+        # load_settings merges file < environment < command-line flags itself.
+        return (init_settings,)
 
     def redacted(self) -> dict[str, Any]:
         """The settings as plain JSON-able data, secrets left out: what a run row stores."""
@@ -182,6 +188,8 @@ def _format_error(err: ValidationError) -> str:
         return f"config key '{key}' is unknown"
     value = first.get("input")
     shown = "<secret>" if "api_" in key else repr(value)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
     msg = first["msg"].removeprefix("Value error, ")
     return f"config key '{key}' has bad value {shown}: {msg}"
 
@@ -205,6 +213,27 @@ def _read_secrets_file(path: Path) -> dict[str, str]:
     return {k: str(v) for k, v in data.items()}
 
 
+def _environment() -> dict[str, Any]:
+    """The SCALPD_<SECTION>__<KEY> variables as nested settings data."""
+    source = EnvSettingsSource(Settings, env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+    try:
+        return source()
+    except SettingsError as exc:
+        # e.g. a list key given as a bare word instead of JSON: ["BTC/USDT"]
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"environment: {exc}{cause}; lists and tables are JSON") from None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Read settings from `path` (TOML), the environment and `overrides` (CLI flags).
 
@@ -225,10 +254,11 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
             "allowed: SCALPD_EXCHANGE__API_KEY / SCALPD_EXCHANGE__API_SECRET "
             "or exchange.secrets_file"
         )
-    for section, values in (overrides or {}).items():
-        file_data.setdefault(section, {}).update(values)
+    # Priority: command-line flags, then the environment (so a unit file can override one
+    # key), then the file, then the defaults.
+    merged = _merge(_merge(file_data, _environment()), overrides or {})
     try:
-        settings = Settings(**file_data)
+        settings = Settings(**merged)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
     if settings.exchange.secrets_file is not None:

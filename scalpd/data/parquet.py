@@ -45,6 +45,9 @@ def read_parquet(path: Path, symbol: str | None = None) -> BarColumns:
         table = pq.read_table(path, columns=wanted)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path} could not be read: {exc}") from None
+    nulls = table.column("open_time").null_count
+    if nulls:
+        raise DataError(f"{path.name}: open_time is empty in {nulls} row(s)")
     try:
         arrays = {name: table.column(name).to_numpy() for name in wanted}
         return from_arrays(symbol, arrays)

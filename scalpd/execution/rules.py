@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 
 from scalpd.config.settings import MarketRules
 
 
 def _decimals(step: float) -> int:
-    # 0.01 -> 2, 1e-05 -> 5, 1.0 -> 0: enough to print a multiple of `step` exactly.
-    return max(0, -math.floor(math.log10(step) + 1e-9))
+    # Decimal places of the step as written: 0.01 -> 2, 1e-05 -> 5, 0.25 -> 2, 1.0 -> 0.
+    return max(0, -Decimal(repr(step)).normalize().as_tuple().exponent)
 
 
 def round_to_tick(price: float, tick_size: float) -> float:
-    """Nearest price the exchange accepts."""
-    return round(round(price / tick_size) * tick_size, _decimals(tick_size))
+    """Nearest price the exchange accepts; a price half-way between two ticks rounds up.
+
+    Decided on the decimal value as written (repr), so 40331.935 is a tie whatever its binary
+    representation, and replay and live agree on it.
+    """
+    ticks = (Decimal(repr(price)) / Decimal(repr(tick_size))).to_integral_value(ROUND_HALF_UP)
+    return round(float(ticks) * tick_size, _decimals(tick_size))
 
 
 def floor_to_step(qty: float, step_size: float) -> float:
     """Largest quantity the exchange accepts that is not above `qty`."""
-    # The 1e-9 keeps 0.3/0.1 = 2.9999999999999996 from flooring to 2.
-    return round(math.floor(qty / step_size + 1e-9) * step_size, _decimals(step_size))
+    steps = qty / step_size
+    nearest = round(steps)
+    # Float division leaves noise (0.3/0.1 = 2.9999999999999996) that grows with the size of
+    # the quotient: a value within a relative 1e-12 of a whole step is that step.
+    whole = nearest if abs(steps - nearest) <= 1e-12 * max(1.0, abs(steps)) else math.floor(steps)
+    return round(whole * step_size, _decimals(step_size))
 
 
 def violation(qty: float, price: float, rules: MarketRules) -> str | None:

@@ -95,22 +95,24 @@ def _concat(symbol: str, parts: list[BarColumns]) -> BarColumns:
 
 def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResult:
     """Replay `inp`. Bad rows are quarantined in the store; with on_bad_rows=fail, stop."""
+    source = ReplaySource(inp.series)
+    run_id = store.start_run("replay", settings.redacted(), inp.label)
     n_bad = sum(len(rows) for rows in inp.quarantined.values())
     if n_bad:
         counts: dict[str, int] = {}
         for symbol, rows in inp.quarantined.items():
-            store.quarantine(None, symbol, [tuple(r) for r in rows])
+            store.quarantine(run_id, symbol, [tuple(r) for r in rows])
             for r in rows:
                 counts[r.reason] = counts.get(r.reason, 0) + 1
-        log.warning("rows_quarantined", count=n_bad, reasons=counts)
+        reasons = "; ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
         if settings.data.on_bad_rows == "fail":
-            reasons = "; ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-            raise DataError(
+            message = (
                 f"{n_bad} bad row(s) quarantined ({reasons}); fix the data or set "
                 'data.on_bad_rows = "skip" to replay without them'
             )
-    source = ReplaySource(inp.series)
-    run_id = store.start_run("replay", settings.redacted(), inp.label)
+            store.finish_run(run_id, "failed", error=message)
+            raise DataError(message)
+        log.warning("rows_quarantined", run_id=run_id, count=n_bad, reasons=counts)
     try:
         journal = store.journal(run_id, durable=False)
         broker = SimBroker(

@@ -246,7 +246,7 @@ class SqliteJournal:
         )
         self._done()
 
-    def record_order(self, order: Order) -> None:
+    def record_order(self, order: Order, status: OrderStatus = OrderStatus.NEW) -> None:
         self._conn.execute(
             "INSERT INTO orders(client_id, run_id, symbol, side, type, qty, price, reason, "
             "parent_id, reduce_only, status, created_ms, updated_ms) "
@@ -262,7 +262,7 @@ class SqliteJournal:
                 order.reason,
                 order.parent_id,
                 int(order.reduce_only),
-                OrderStatus.NEW.value,
+                status.value,
                 order.time_ms,
                 order.time_ms,
             ),

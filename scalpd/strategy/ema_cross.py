@@ -41,20 +41,12 @@ class EmaCross:
 
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
         symbol = bar.symbol
-        close = bar.close
-        st = self._state.get(symbol)
-        if st is None:
-            self._state[symbol] = _EmaState(close)
-            return _NO_INTENTS
-        st.fast += self._alpha_fast * (close - st.fast)
-        st.slow += self._alpha_slow * (close - st.slow)
-        st.count += 1
-        was_above = st.above
-        st.above = above = st.fast > st.slow
+        crossed_up = self._update_emas(symbol, bar.close)
         if ctx.has_working_order(symbol):
             return _NO_INTENTS
         pos = ctx.position(symbol)
         if pos is not None:
+            # The time stop does not depend on the EMAs, so it holds across a data gap too.
             if bar.close_time_ms - pos.opened_ms >= self._max_hold_ms:
                 return (
                     OrderIntent(
@@ -62,17 +54,30 @@ class EmaCross:
                     ),
                 )
             return _NO_INTENTS
-        if above and not was_above and st.count > self._warmup_bars:
+        if crossed_up:
             rules = self._symbols.rules(symbol)
-            qty = floor_to_step(ctx.equity() * self._fraction / close, rules.step_size)
+            qty = floor_to_step(ctx.equity() * self._fraction / bar.close, rules.step_size)
             # Too small for the exchange: sending it would only earn a rejection.
-            if qty >= rules.min_qty and qty * close >= rules.min_notional_usdt:
+            if qty >= rules.min_qty and qty * bar.close >= rules.min_notional_usdt:
                 return (
                     OrderIntent(
                         symbol, Side.BUY, qty, "ema_cross_up", bar.close_time_ms, self._bracket
                     ),
                 )
         return _NO_INTENTS
+
+    def _update_emas(self, symbol: str, close: float) -> bool:
+        """Advance the EMAs; True when the fast one has just crossed above, after warm-up."""
+        st = self._state.get(symbol)
+        if st is None:
+            self._state[symbol] = _EmaState(close)
+            return False
+        st.fast += self._alpha_fast * (close - st.fast)
+        st.slow += self._alpha_slow * (close - st.slow)
+        st.count += 1
+        was_above = st.above
+        st.above = st.fast > st.slow
+        return st.above and not was_above and st.count > self._warmup_bars
 
     def on_gap(self, gap: Gap) -> None:
         # An EMA across missing bars would treat distant bars as neighbours: start again.

@@ -101,15 +101,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args.names, as_json=args.json)
 
 
-# -- fake exchange -----------------------------------------------------------------------------
-
-
-def cmd_fake_exchange(args: argparse.Namespace) -> int:
-    from scalpd.fakex.cli import main as fake_main
-
-    return fake_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalpd",
@@ -151,17 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
 
-    p = sub.add_parser(
+    # Parsed by scalpd.fakex.cli (see main); listed here for --help.
+    sub.add_parser(
         "fake-exchange",
         help="serve a local fake Binance from Parquet bars (try `scalpd run` without an account)",
         add_help=False,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_fake_exchange)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fake-exchange"]:
+        # Its options are its own (argparse cannot pass them through a sub-parser whole).
+        from scalpd.fakex.cli import main as fake_main
+
+        return fake_main(argv[1:])
     args = build_parser().parse_args(argv)
     from scalpd.data.parquet import DataError
     from scalpd.store.sqlite import StoreError

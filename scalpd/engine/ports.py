@@ -7,7 +7,7 @@ asks which mode it is in.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from scalpd.events import Bar, Fill, Gap, Order, OrderUpdate
@@ -70,7 +70,11 @@ class Broker(Protocol):
 class BarSource(Protocol):
     """Live market data: closed bars and gaps, in time order per symbol."""
 
-    def __aiter__(self) -> AsyncIterator[Bar | Gap]: ...
+    def start(self) -> None: ...
+
+    async def next(self) -> Bar | Gap: ...
+
+    async def close(self) -> None: ...
 
 
 class ReplaySegments(Protocol):

@@ -119,16 +119,18 @@ class Daemon:
     async def _loop(self, engine: Engine, broker: SimBroker | CcxtBroker) -> None:
         assert self.source is not None
         live_broker = broker if isinstance(broker, CcxtBroker) else None
+        source = self.source
         stop_wait = asyncio.ensure_future(self._stop.wait())
-        events = self.source.__aiter__()
+        source.start()
         try:
             while not self._stop.is_set():
-                next_event = asyncio.ensure_future(events.__anext__())
+                next_event = asyncio.ensure_future(source.next())
                 done, _ = await asyncio.wait(
                     [next_event, stop_wait], return_when=asyncio.FIRST_COMPLETED
                 )
                 if next_event not in done:
                     next_event.cancel()
+                    await asyncio.gather(next_event, return_exceptions=True)
                     break
                 event = next_event.result()
                 if type(event) is Gap:
@@ -153,7 +155,7 @@ class Daemon:
                     break
         finally:
             stop_wait.cancel()
-            await events.aclose()
+            await source.close()
 
     def _summary(self) -> dict[str, Any]:
         engine = self.engine

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import AsyncIterator
 from typing import Any
 
 import ccxt
@@ -91,25 +90,29 @@ class CcxtBarSource:
         self.quarantined = 0
         self.backfilled = 0
 
-    async def __aiter__(self) -> AsyncIterator[Bar | Gap]:
+    def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._watch(symbol), name=f"watch:{symbol}")
             for symbol in self._symbols
         ]
+
+    async def next(self) -> Bar | Gap:
+        """The next closed bar or gap, from any symbol."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        getter = asyncio.ensure_future(self._queue.get())
         try:
-            while True:
-                getter = asyncio.ensure_future(self._queue.get())
-                done, _ = await asyncio.wait(
-                    [getter, *self._tasks], return_when=asyncio.FIRST_COMPLETED
-                )
-                if getter not in done:
-                    getter.cancel()
-                    for task in done:  # a watcher died: surface its error, never hang
-                        task.result()
-                    raise RuntimeError("a market-data watcher stopped")
-                yield getter.result()
+            done, _ = await asyncio.wait(
+                [getter, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            await self.close()
+            if not getter.done():
+                getter.cancel()
+        if getter in done:
+            return getter.result()
+        for task in done:  # a watcher died: surface its error rather than hang
+            task.result()
+        raise RuntimeError("a market-data watcher stopped")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -126,7 +129,7 @@ class CcxtBarSource:
             try:
                 await self._exchange.watch_ohlcv(symbol, "1m")
                 backoff_s = self._settings.reconnect_initial_backoff_s
-                self._drain(symbol, market_id)
+                await self._drain(symbol, market_id)
             except ccxt.NetworkError as exc:
                 self.reconnects += 1
                 log.warning(
@@ -140,7 +143,7 @@ class CcxtBarSource:
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_backoff_s)
                 await self._backfill(symbol, market_id)
 
-    def _drain(self, symbol: str, market_id: str) -> None:
+    async def _drain(self, symbol: str, market_id: str) -> None:
         queue = self._exchange.closed_klines.get(market_id)
         while queue:
             kline = queue.popleft()
@@ -150,6 +153,11 @@ class CcxtBarSource:
                 self.quarantined += 1
                 log.error("malformed_kline", symbol=symbol, error=str(exc), kline=repr(kline)[:300])
                 continue
+            last = self.last_open_ms.get(symbol)
+            if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
+                # A hole in the stream (messages lost around a reconnect, say): ask REST for
+                # the missing bars before calling it a gap of the exchange's own.
+                await self._backfill(symbol, market_id)
             self._emit(bar)
 
     async def _backfill(self, symbol: str, market_id: str) -> None:

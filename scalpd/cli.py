@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(settings, paper=args.paper, max_bars=args.max_bars)
 
 
+# -- download --------------------------------------------------------------------------------
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import orjson
+
+    from scalpd.data.archive import import_archive
+    from scalpd.data.download import download
+    from scalpd.data.store import BarStore
+    from scalpd.live.exchange import make_exchange
+    from scalpd.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(args.log_level or "info", settings.logging.format, sys.stderr)
+    store = BarStore(args.root)
+    if args.from_archive:
+        if args.symbols or args.since:
+            raise CliError("--from-archive takes files only: no symbols, no --since")
+        report = import_archive(args.from_archive, store)
+        print(orjson.dumps(report, default=vars).decode())
+        return 0
+    if not args.symbols or not args.since:
+        raise CliError("give SYMBOL... and --since DATE (or --from-archive PATH...)")
+    since_ms = _parse_date_ms(args.since)
+    until_ms = _parse_date_ms(args.until) if args.until else int(time.time() * 1000)
+
+    async def run() -> list:
+        exchange = make_exchange(settings.exchange)
+        try:
+            return await download(
+                exchange,
+                store,
+                args.symbols,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                timeframe=args.timeframe,
+                chunk_days=args.chunk_days,
+            )
+        finally:
+            await exchange.close()
+
+    for report in asyncio.run(run()):
+        print(orjson.dumps(vars(report)).decode())
+    return 0
+
+
 # -- bench -------------------------------------------------------------------------------------
 
 
@@ -132,6 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite store (default: store.path)")
     p.add_argument("--max-bars", type=int, help="stop after this many closed bars (testing)")
     p.set_defaults(func=cmd_run)
+
+    from scalpd.data.cli import DEFAULT_ROOT
+
+    p = sub.add_parser("download", help="download candle history into the bar store")
+    p.add_argument("symbols", nargs="*", metavar="SYMBOL", help="e.g. BTC/USDT ETH/USDT")
+    p.add_argument("--since", metavar="DATE", help="first candle, UTC (YYYY-MM-DD)")
+    p.add_argument("--until", metavar="DATE", help="end, exclusive, UTC (default: now)")
+    p.add_argument("--timeframe", default="1m", help="candle size (default: 1m)")
+    p.add_argument("--chunk-days", type=float, default=7.0, help="days a chunk (default: 7)")
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="store directory")
+    p.add_argument(
+        "--from-archive", nargs="+", type=Path, metavar="PATH",
+        help="import Binance archive kline files (.csv/.zip) instead of downloading",
+    )  # fmt: skip
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("bench", help="run benchmarks; one JSON object a line")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")

@@ -78,8 +78,82 @@ def bench_replay_rule() -> Iterator[Result]:
     }
 
 
+def _btc_years() -> list[Path]:
+    return [_need(f"binance-spot/BTCUSDT-1m-{year}.parquet") for year in range(2020, 2025)]
+
+
+def bench_load_5y() -> Iterator[Result]:
+    """All five years of BTC/USDT 1m bars read from the bar store; median of 5 reads."""
+    from scalpd.data.parquet import read_parquet
+    from scalpd.data.store import BarStore
+
+    paths = _btc_years()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = BarStore(Path(tmp))
+        for path in paths:  # setup, not timed
+            store.write("binance", "BTC/USDT", "1m", read_parquet(path), path.name)
+        times, rows = [], 0
+        for _ in range(5):
+            t0 = time.perf_counter()
+            rows = len(store.read("binance", "BTC/USDT", "1m"))
+            times.append(time.perf_counter() - t0)
+    yield {
+        "bench": "load_5y_btc_s",
+        "value": round(statistics.median(times), 3),
+        "unit": "s",
+        "rows": rows,
+        "runs": [round(t, 3) for t in times],
+    }
+
+
+def bench_import_archive() -> Iterator[Result]:
+    """Binance archive files (monthly zipped CSV, as published) imported into an empty store."""
+    import zipfile
+
+    import numpy as np
+
+    from scalpd.data.archive import import_archive
+    from scalpd.data.parquet import read_parquet
+    from scalpd.data.store import BarStore
+
+    bars = read_parquet(_need("binance-spot/BTCUSDT-1m-2024.parquet"))
+    months = bars.open_time.astype("datetime64[ms]").astype("datetime64[M]")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for month in np.unique(months)[:6]:  # six monthly files, about 262,000 rows
+            b = bars.take(months == month)
+            close_time = b.open_time + 59_999
+            rows = np.column_stack([
+                b.open_time, b.open, b.high, b.low, b.close, b.volume, close_time,
+                b.quote_volume, b.trades, b.taker_buy_volume, b.quote_volume / 2, np.zeros(len(b)),
+            ])  # fmt: skip
+            name = f"BTCUSDT-1m-{month}"
+            csv = "\n".join(",".join(repr(float(x)) if i not in (0, 6, 8, 11) else str(int(x))
+                                      for i, x in enumerate(row)) for row in rows)  # fmt: skip
+            path = Path(tmp) / f"{name}.zip"
+            with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+                zf.writestr(f"{name}.csv", csv + "\n")
+            files.append(path)
+        total = sum(len(bars.take(months == m)) for m in np.unique(months)[:6])
+        speeds = []
+        for run in range(3):
+            store = BarStore(Path(tmp) / f"store{run}")
+            t0 = time.perf_counter()
+            import_archive(files, store)
+            speeds.append(total / (time.perf_counter() - t0))
+    yield {
+        "bench": "import_archive_rows_per_s",
+        "value": round(statistics.median(speeds)),
+        "unit": "rows/s",
+        "rows": total,
+        "files": len(files),
+    }
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
+    "load_5y_btc_s": bench_load_5y,
+    "import_archive_rows_per_s": bench_import_archive,
 }
 
 

@@ -60,27 +60,26 @@ def point_at(exchange: ccxt.Exchange, rest_url: str | None, ws_url: str | None) 
     walk(exchange.urls["api"], False)
 
 
+def spot_only(exchange: ccxt.Exchange) -> None:
+    """Keep ccxt on the spot API: load_markets would otherwise also ask the futures and margin
+    endpoints; and map Binance's spot error codes whatever the host (ccxt maps them only for
+    its own spot host), so a filter failure is InvalidOrder against a testnet or a fake too."""
+    exchange.options["defaultType"] = "spot"
+    exchange.options["fetchMarkets"] = {"types": ["spot"]}
+    exchange.options["fetchCurrencies"] = False
+    exchange.options["fetchMargins"] = False
+    exchange.get_exceptions_by_url = lambda url, kind: exchange.exceptions["spot"].get(kind, {})
+
+
 def make_exchange(settings: ExchangeSettings) -> ScalpdBinance:
-    config: dict[str, Any] = {
-        "timeout": settings.request_timeout_ms,
-        "enableRateLimit": True,
-        "options": {
-            "defaultType": "spot",
-            # Only spot: otherwise load_markets also asks the futures and margin endpoints.
-            "fetchMarkets": {"types": ["spot"]},
-            "fetchCurrencies": False,
-            "fetchMargins": False,
-        },
-    }
+    config: dict[str, Any] = {"timeout": settings.request_timeout_ms, "enableRateLimit": True}
     if settings.api_key is not None and settings.api_secret is not None:
         config["apiKey"] = settings.api_key.get_secret_value()
         config["secret"] = settings.api_secret.get_secret_value()
     exchange = ScalpdBinance(config)
+    spot_only(exchange)
     if settings.rest_url or settings.ws_url:
         point_at(exchange, settings.rest_url, settings.ws_url)
-        # ccxt maps Binance's spot error codes only for its own spot host; keep the mapping
-        # so a filter failure is still InvalidOrder when the host is another.
-        exchange.get_exceptions_by_url = lambda url, kind: exchange.exceptions["spot"].get(kind, {})
     return exchange
 
 

@@ -59,7 +59,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import orjson
 
     from scalpd.logs import configure_logging
-    from scalpd.replay.runner import load_input, run_replay
+    from scalpd.replay.runner import load_input, load_stored, run_replay
     from scalpd.replay.summary import format_summary
     from scalpd.store.sqlite import Store
 
@@ -70,7 +70,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     configure_logging(args.log_level or "warning", settings.logging.format, sys.stderr)
     start_ms = _parse_date_ms(args.start) if args.start else None
     end_ms = _parse_date_ms(args.end) if args.end else None
-    inp = load_input(settings, args.symbol or None, start_ms, end_ms)
+    if args.stored and args.data:
+        raise CliError("give --data files or --stored symbols, not both")
+    if args.stored:
+        inp = load_stored(settings, args.stored, start_ms, end_ms)
+    else:
+        inp = load_input(settings, args.symbol or None, start_ms, end_ms)
     store = Store(settings.store.path)
     try:
         result = run_replay(settings, inp, store)
@@ -169,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Parquet files of 1m bars (default: a synthetic market, labelled as such)",
     )
     p.add_argument("--symbol", action="append", help="symbol of each --data file, in order")
+    p.add_argument(
+        "--stored", nargs="+", metavar="SYMBOL",
+        help="replay symbols from the bar store (data.market_root) that `scalpd download` fills",
+    )  # fmt: skip
     p.add_argument("--from", dest="start", metavar="DATE", help="first bar, UTC (YYYY-MM-DD)")
     p.add_argument("--to", dest="end", metavar="DATE", help="end, exclusive, UTC (YYYY-MM-DD)")
     p.add_argument("--db", help="SQLite store (default: store.path)")

@@ -90,6 +90,9 @@ class DataSettings(Section):
     paths: list[Path] = Field(
         default_factory=list, description="Parquet files to replay; empty = synthetic market"
     )
+    market_root: Path = Field(
+        Path("state/market"), description="the bar store that `scalpd download` fills"
+    )
     on_bad_rows: Literal["fail", "skip"] = Field(
         "fail", description="fail: quarantine bad rows and stop; skip: quarantine and go on"
     )

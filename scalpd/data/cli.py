@@ -14,10 +14,12 @@ from typing import Any
 
 import orjson
 
+from scalpd.config.settings import DataSettings
 from scalpd.data.parquet import DataError
 from scalpd.data.store import BarStore, DatasetInfo, symbol_dir
 
-DEFAULT_ROOT = Path("state/market")
+# The setting's default (data.market_root), so the two never disagree.
+DEFAULT_ROOT: Path = DataSettings.model_fields["market_root"].default
 EXIT_PROBLEMS = 1
 
 

@@ -87,10 +87,11 @@ async def _run_against_fake(
             if k == drop_at:
                 # The bar closes while the client is cut off (the step closes it before the
                 # client can even see the drop): only the REST backfill can deliver it.
+                streams = len(fx.subscriptions)  # klines and trades
                 dropping = fx.drop_connections()
                 assert await fx.step()
                 await dropping
-                await asyncio.wait_for(fx.wait_subscribed(1), 20)
+                await asyncio.wait_for(fx.wait_subscribed(streams), 20)
             else:
                 assert await fx.step()
             await asyncio.wait_for(daemon.wait_processed(k + 1), 20)
@@ -136,6 +137,8 @@ def test_daemon_trades_like_replay_on_real_bars(tmp_path: Path, paper: bool) -> 
     replay = _replay(tmp_path, bars)
     engine = daemon.engine
     assert engine is not None and engine.bars_seen == len(bars) - 1
+    # Trade prints arrive too (watch_trades; the fake prints one a bar), each once.
+    assert daemon.source is not None and 0 < daemon.source.trades_seen <= len(bars) - 1
     assert len(replay.engine.trades) >= 3, "window too quiet to compare anything"
     assert _trade_rows(engine.trades) == _trade_rows(replay.engine.trades)
     for live_t, replay_t in zip(engine.trades, replay.engine.trades, strict=True):

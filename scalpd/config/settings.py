@@ -73,6 +73,7 @@ class ExchangeSettings(Section):
 class SymbolsSettings(Section):
     trade: list[str] = Field(default_factory=lambda: ["BTC/USDT"], min_length=1)
     timeframe: Literal["1m"] = "1m"
+    stream_trades: bool = Field(True, description="live: also watch every trade print")
     markets: dict[str, MarketRules] = Field(default_factory=_default_markets)
 
     @model_validator(mode="after")

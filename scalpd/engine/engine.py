@@ -30,6 +30,7 @@ from scalpd.events import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    Trade,
 )
 from scalpd.risk.gate import Decision, RiskGate
 from scalpd.strategy.base import Strategy
@@ -146,6 +147,10 @@ class Engine:
             missing_bars=gap.missing_bars,
         )
         self._strategy.on_gap(gap)
+
+    def on_trade(self, trade: Trade) -> None:
+        """A trade print (live feeds only; replay of bars has none)."""
+        self._strategy.on_trade(trade)
 
     def apply_reports(self, reports: Sequence) -> None:
         """Book broker reports: fills, order updates, and orders the broker made (exit legs)."""

@@ -19,7 +19,7 @@ from scalpd.config.settings import Settings
 from scalpd.engine.build import build_engine
 from scalpd.engine.engine import Engine
 from scalpd.engine.ports import WallClock
-from scalpd.events import Gap
+from scalpd.events import Gap, Trade
 from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
 from scalpd.live.exchange import make_exchange, market_rules
@@ -90,7 +90,9 @@ class Daemon:
                 run_id=self.run_id,
                 cash=cash,
             )
-            self.source = CcxtBarSource(exchange, symbols, settings.exchange)
+            self.source = CcxtBarSource(
+                exchange, symbols, settings.exchange, trades=settings.symbols.stream_trades
+            )
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
             await self._loop(engine, broker)
             status = "completed" if self.max_bars else "stopped"
@@ -133,7 +135,11 @@ class Daemon:
                     await asyncio.gather(next_event, return_exceptions=True)
                     break
                 event = next_event.result()
-                if type(event) is Gap:
+                kind = type(event)
+                if kind is Trade:
+                    engine.on_trade(event)
+                    continue
+                if kind is Gap:
                     engine.on_gap(event)
                     continue
                 if live_broker is not None:

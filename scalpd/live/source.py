@@ -21,7 +21,7 @@ import structlog
 
 from scalpd.config.settings import ExchangeSettings
 from scalpd.data.bars import BarColumns, validate
-from scalpd.events import BAR_INTERVAL_MS, Bar, Gap
+from scalpd.events import BAR_INTERVAL_MS, Bar, Gap, Side, Trade
 from scalpd.live.exchange import ScalpdBinance
 
 log = structlog.get_logger("scalpd.live.source")
@@ -77,12 +77,20 @@ def bar_problem(bar: Bar) -> str | None:
 
 class CcxtBarSource:
     def __init__(
-        self, exchange: ScalpdBinance, symbols: list[str], settings: ExchangeSettings
+        self,
+        exchange: ScalpdBinance,
+        symbols: list[str],
+        settings: ExchangeSettings,
+        *,
+        trades: bool = False,
     ) -> None:
         self._exchange = exchange
         self._symbols = symbols
         self._settings = settings
-        self._queue: asyncio.Queue[Bar | Gap] = asyncio.Queue()
+        self._with_trades = trades
+        self._queue: asyncio.Queue[Bar | Gap | Trade] = asyncio.Queue()
+        self.last_trade_id: dict[str, int] = {}
+        self.trades_seen = 0
         self._tasks: list[asyncio.Task] = []
         self.last_open_ms: dict[str, int] = {}
         self.reconnects = 0
@@ -95,9 +103,14 @@ class CcxtBarSource:
             asyncio.create_task(self._watch(symbol), name=f"watch:{symbol}")
             for symbol in self._symbols
         ]
+        if self._with_trades:
+            self._tasks += [
+                asyncio.create_task(self._watch_trades(symbol), name=f"trades:{symbol}")
+                for symbol in self._symbols
+            ]
 
-    async def next(self) -> Bar | Gap:
-        """The next closed bar or gap, from any symbol."""
+    async def next(self) -> Bar | Gap | Trade:
+        """The next closed bar, gap or trade, from any symbol."""
         if not self._queue.empty():
             return self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())
@@ -142,6 +155,47 @@ class CcxtBarSource:
                 await asyncio.sleep(backoff_s * (1 + 0.2 * random.random()))
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_backoff_s)
                 await self._backfill(symbol, market_id)
+
+    async def _watch_trades(self, symbol: str) -> None:
+        """Trades as they print. Trades missed while disconnected are not backfilled: bars
+        carry the per-minute totals, trades only refine them."""
+        backoff_s = self._settings.reconnect_initial_backoff_s
+        while True:
+            try:
+                trades = await self._exchange.watch_trades(symbol)
+                backoff_s = self._settings.reconnect_initial_backoff_s
+            except ccxt.NetworkError as exc:
+                self.reconnects += 1
+                log.warning("trades_disconnected", symbol=symbol, error=type(exc).__name__)
+                await asyncio.sleep(backoff_s * (1 + 0.2 * random.random()))
+                backoff_s = min(backoff_s * 2, self._settings.reconnect_max_backoff_s)
+                continue
+            last_id = self.last_trade_id.get(symbol, -1)
+            for raw in trades:
+                try:
+                    trade_id = int(raw["id"])
+                    if trade_id <= last_id:
+                        continue  # ccxt returns its cache: keep only the new ones
+                    trade = Trade(
+                        symbol,
+                        int(raw["timestamp"]),
+                        float(raw["price"]),
+                        float(raw["amount"]),
+                        Side(raw["side"]),
+                        str(trade_id),
+                    )
+                except (KeyError, TypeError, ValueError) as exc:
+                    self.quarantined += 1
+                    log.error("malformed_trade", symbol=symbol, error=str(exc))
+                    continue
+                if not (trade.price > 0 and trade.qty > 0):
+                    self.quarantined += 1
+                    log.error("trade_quarantined", symbol=symbol, trade=trade._asdict())
+                    continue
+                last_id = trade_id
+                self.trades_seen += 1
+                self._queue.put_nowait(trade)
+            self.last_trade_id[symbol] = last_id
 
     async def _drain(self, symbol: str, market_id: str) -> None:
         queue = self._exchange.closed_klines.get(market_id)

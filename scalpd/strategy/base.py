@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from scalpd.engine.portfolio import Position
-from scalpd.events import Bar, Fill, Gap, OrderIntent
+from scalpd.events import Bar, Fill, Gap, OrderIntent, Trade
 
 
 class StrategyContext(Protocol):
@@ -30,3 +30,6 @@ class Strategy(Protocol):
         """Bars are missing: state that assumes consecutive bars must restart."""
 
     def on_fill(self, fill: Fill) -> None: ...
+
+    def on_trade(self, trade: Trade) -> None:
+        """A trade print, where the feed has them (live); strategies on bars ignore it."""

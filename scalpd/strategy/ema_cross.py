@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scalpd.config.settings import StrategySettings, SymbolsSettings
-from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Side
+from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Side, Trade
 from scalpd.execution.rules import floor_to_step
 from scalpd.strategy.base import StrategyContext
 
@@ -84,4 +84,7 @@ class EmaCross:
         self._state.pop(gap.symbol, None)
 
     def on_fill(self, fill: Fill) -> None:
+        return None
+
+    def on_trade(self, trade: Trade) -> None:
         return None

@@ -175,3 +175,26 @@ def test_cli_bad_dates_and_symbols_are_one_line_errors(tmp_path: Path) -> None:
     assert run.stderr.strip().splitlines() == [
         "scalpd: error: bad date '2024-13-40': use YYYY-MM-DD or an ISO time"
     ]
+
+
+def test_cli_from_archive_imports_into_the_store(tmp_path: Path) -> None:
+    import zipfile
+
+    rows = [
+        f"{1704067200000 + i * 60_000},42000.0,42010.5,41990.0,42005.0,1.5,"
+        f"{1704067200000 + i * 60_000 + 59_999},63000.0,12,0.7,29400.0,0"
+        for i in range(3)
+    ]
+    archive = tmp_path / "BTCUSDT-1m-2024-01-01.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("BTCUSDT-1m-2024-01-01.csv", "\n".join(rows) + "\n")
+    root = tmp_path / "market"
+    done = subprocess.run(
+        [sys.executable, "-m", "scalpd", "download", "--from-archive", str(archive),
+         "--root", str(root)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    bars = BarStore(root).read("binance", "BTC/USDT", "1m")
+    assert bars.open_time.tolist() == [1704067200000 + i * 60_000 for i in range(3)]
+    assert bars.taker_buy_volume.tolist() == [0.7] * 3

@@ -34,20 +34,6 @@ def _three_weeks() -> BarColumns:
     return bars.take(slice(i, i + 3 * WEEK_BARS + 1))  # +1: the bar still open at the fake
 
 
-def _columns(bars: BarColumns) -> dict[str, np.ndarray]:
-    return {
-        "open_time": bars.open_time,
-        "open": bars.open,
-        "high": bars.high,
-        "low": bars.low,
-        "close": bars.close,
-        "volume": bars.volume,
-        "quote_volume": bars.quote_volume,
-        "trades": bars.trades,
-        "taker_buy_base": bars.taker_buy_volume,
-    }
-
-
 def _assert_same_bars(got: BarColumns, want: BarColumns) -> None:
     assert len(got) == len(want)
     for name in ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades"):
@@ -56,7 +42,7 @@ def _assert_same_bars(got: BarColumns, want: BarColumns) -> None:
 
 
 async def _with_fake(bars: BarColumns, body):
-    fx = FakeExchange({"BTC/USDT": _columns(bars)}, start_index=len(bars) - 1)
+    fx = FakeExchange({"BTC/USDT": bars.kline_columns()}, start_index=len(bars) - 1)
     await fx.start()
     exchange = ScalpdBinance({"enableRateLimit": False})
     fx.configure_ccxt(exchange)

@@ -34,20 +34,6 @@ API_KEY, API_SECRET = "test-key-7Hq2", "test-secret-Zp93xK"
 STRATEGY = {"fast_period_bars": 3, "slow_period_bars": 8, "max_hold_bars": 12}
 
 
-def _columns(bars: BarColumns) -> dict[str, np.ndarray]:
-    return {
-        "open_time": bars.open_time,
-        "open": bars.open,
-        "high": bars.high,
-        "low": bars.low,
-        "close": bars.close,
-        "volume": bars.volume,
-        "quote_volume": bars.quote_volume,
-        "trades": bars.trades,
-        "taker_buy_base": bars.taker_buy_volume,
-    }
-
-
 def _settings(tmp_path: Path, fx: FakeExchange, db: str, symbol: str):
     return load_settings(
         None,
@@ -71,7 +57,7 @@ async def _run_against_fake(
     tmp_path: Path, bars: BarColumns, *, paper: bool, drop_at: int | None = None
 ) -> tuple[Daemon, FakeExchange, Store]:
     fx = FakeExchange(
-        {bars.symbol: _columns(bars)},
+        {bars.symbol: bars.kline_columns()},
         api_key=API_KEY,
         api_secret=API_SECRET,
         balances={"USDT": 10_000.0},
@@ -175,7 +161,7 @@ def test_scalpd_run_cli_against_fake_exchange_by_hand(tmp_path: Path, paper: boo
     """The commands a user types: `scalpd fake-exchange ...` then `scalpd run [--paper]`."""
     bars = generate(days=0.05, seed=5, start="2024-01-01T00:00:00Z")
     data = tmp_path / "SYNBTCUSDT-1m-test.parquet"
-    pq.write_table(pa.table(_columns(bars)), data)
+    pq.write_table(pa.table(bars.kline_columns()), data)
     fake = subprocess.Popen(
         [sys.executable, "-m", "scalpd", "fake-exchange", "--data", str(data),
          "--symbol", "BTC/USDT", "--bar-interval-s", "0.3", "--port", "0"],

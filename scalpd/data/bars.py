@@ -39,10 +39,11 @@ class BarColumns:
         return len(self.open_time)
 
     def take(self, index: np.ndarray | slice) -> BarColumns:
-        return BarColumns(
-            self.symbol,
-            *(getattr(self, name)[index] for name in _ARRAY_FIELDS),
-        )
+        return BarColumns(self.symbol, *(getattr(self, name)[index] for name in ARRAY_FIELDS))
+
+    def kline_columns(self) -> dict[str, np.ndarray]:
+        """The arrays under Binance's kline column names (the inverse of `from_arrays`)."""
+        return {_KLINE_NAME.get(name, name): getattr(self, name) for name in ARRAY_FIELDS}
 
     def gaps(self) -> list[Gap]:
         """Every place where bars are missing between two consecutive rows."""
@@ -51,7 +52,7 @@ class BarColumns:
         return [Gap(self.symbol, int(self.open_time[i]), int(self.open_time[i + 1])) for i in where]
 
 
-_ARRAY_FIELDS = (
+ARRAY_FIELDS = (
     "open_time",
     "open",
     "high",
@@ -62,6 +63,7 @@ _ARRAY_FIELDS = (
     "trades",
     "taker_buy_volume",
 )
+_KLINE_NAME = {"taker_buy_volume": "taker_buy_base"}
 
 
 class QuarantinedRow(NamedTuple):

@@ -12,7 +12,7 @@ from itertools import repeat
 
 import numpy as np
 
-from scalpd.data.bars import BarColumns
+from scalpd.data.bars import ARRAY_FIELDS, BarColumns
 from scalpd.events import BAR_INTERVAL_MS, Bar, Gap
 
 _CHUNK_BARS = 65_536
@@ -75,10 +75,10 @@ class ReplaySource:
             s = self.series[0]
             sl = slice(int(rows[0]), int(rows[-1]) + 1)
             symbols = repeat(s.symbol)
-            cols = [getattr(s, f)[sl].tolist() for f in _FIELDS]
+            cols = [getattr(s, f)[sl].tolist() for f in ARRAY_FIELDS]
         else:
             symbols = [self.symbols[k] for k in which.tolist()]
-            cols = [self._gather(f, which, rows) for f in _FIELDS]
+            cols = [self._gather(f, which, rows) for f in ARRAY_FIELDS]
         return list(map(_as_bar, zip(symbols, *cols, strict=False)))
 
     def _gather(self, field: str, which: np.ndarray, rows: np.ndarray) -> list:
@@ -88,16 +88,3 @@ class ReplaySource:
             mask = which == k
             out[mask] = getattr(s, field)[rows[mask]]
         return out.tolist()
-
-
-_FIELDS = (
-    "open_time",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trades",
-    "taker_buy_volume",
-)

@@ -7,7 +7,6 @@ Bad input gives one line on stderr, never a traceback (SCALPD_DEBUG=1 shows it).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scalpd import __version__
-from scalpd.config.settings import ConfigError, Settings, load_settings
+from scalpd.config.settings import ConfigError, Settings, find_config, load_settings
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -35,21 +34,11 @@ def _parse_date_ms(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _config_path(args: argparse.Namespace) -> Path | None:
-    if args.config:
-        return Path(args.config)
-    env = os.environ.get("SCALPD_CONFIG")
-    if env:
-        return Path(env)
-    default = Path("config.toml")
-    return default if default.is_file() else None
-
-
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
     over = overrides or {}
     if getattr(args, "db", None):
         over.setdefault("store", {})["path"] = args.db
-    return load_settings(_config_path(args), over)
+    return load_settings(find_config(args.config), over)
 
 
 # -- replay ----------------------------------------------------------------------------------
@@ -213,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     from scalpd.data.cli import add_data_commands
+    from scalpd.data.record_cli import add_record_command
 
     add_data_commands(sub)
+    add_record_command(sub)
 
     # Parsed by scalpd.fakex.cli (see main); listed here for --help.
     sub.add_parser(

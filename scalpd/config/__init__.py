@@ -4,7 +4,8 @@ from scalpd.config.settings import (
     ConfigError,
     MarketRules,
     Settings,
+    find_config,
     load_settings,
 )
 
-__all__ = ["ConfigError", "MarketRules", "Settings", "load_settings"]
+__all__ = ["ConfigError", "MarketRules", "Settings", "find_config", "load_settings"]

@@ -8,6 +8,7 @@ owner-only secrets file and are held as `SecretStr`, so they never print.
 
 from __future__ import annotations
 
+import os
 import stat
 import tomllib
 from pathlib import Path
@@ -236,6 +237,17 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def find_config(explicit: str | None) -> Path | None:
+    """The config file to read: --config, else $SCALPD_CONFIG, else ./config.toml if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("SCALPD_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("config.toml")
+    return default if default.is_file() else None
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

@@ -197,3 +197,46 @@ def test_scalpd_run_cli_against_fake_exchange_by_hand(tmp_path: Path, paper: boo
     assert run["mode"] == ("paper" if paper else "live") and run["status"] == "completed"
     assert "fake-secret" not in done.stdout + done.stderr
     assert store.db["equity"].count >= 1
+
+
+def test_recording_ticks_beside_trading_never_stops_trading(tmp_path: Path) -> None:
+    """data.record_ticks: trades are recorded while the daemon trades. The fake serves no order
+    book, so the book part of the recording fails over and over: trading must not notice."""
+    from scalpd.data.recorder import read_ticks
+
+    bars = generate(days=0.03, seed=9, start="2024-01-01T00:00:00Z")  # 43 bars
+
+    async def run() -> Daemon:
+        fx = FakeExchange(
+            {bars.symbol: bars.kline_columns()}, api_key=API_KEY, api_secret=API_SECRET
+        )
+        await fx.start()
+        settings = _settings(tmp_path, fx, "rec.db", bars.symbol)
+        settings = settings.model_copy(
+            update={"data": settings.data.model_copy(
+                update={"record_ticks": True, "market_root": tmp_path / "market"}
+            )}
+        )  # fmt: skip
+        daemon = Daemon(settings, paper=True)
+        task = asyncio.create_task(daemon.run())
+        try:
+            # Wait for the bar source's klines and trades and the recorder's own trade stream.
+            stream = bars.symbol.replace("/", "").lower()
+            while not (
+                f"{stream}@kline_1m" in fx.subscriptions
+                and fx.subscriptions.count(f"{stream}@trade") == 2
+            ):
+                await asyncio.sleep(0.01)
+            for k in range(len(bars) - 1):
+                assert await fx.step()
+                await asyncio.wait_for(daemon.wait_processed(k + 1), 20)
+        finally:
+            daemon.stop()
+            assert await asyncio.wait_for(task, 20) == 0
+            await fx.stop()
+        return daemon
+
+    daemon = asyncio.run(run())
+    assert daemon.engine is not None and daemon.engine.bars_seen == len(bars) - 1
+    trades = read_ticks(tmp_path / "market", bars.symbol, "trades")
+    assert 0 < trades.num_rows <= len(bars) - 1

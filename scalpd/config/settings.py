@@ -95,6 +95,9 @@ class DataSettings(Section):
     market_root: Path = Field(
         Path("state/market"), description="the bar store that `scalpd download` fills"
     )
+    record_ticks: bool = Field(
+        False, description="while the daemon runs, record trades and the order book's top levels"
+    )
     on_bad_rows: Literal["fail", "skip"] = Field(
         "fail", description="fail: quarantine bad rows and stop; skip: quarantine and go on"
     )

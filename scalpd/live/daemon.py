@@ -16,12 +16,14 @@ import ccxt
 import structlog
 
 from scalpd.config.settings import Settings
+from scalpd.data.recorder import TickRecorder
 from scalpd.engine.build import build_engine
 from scalpd.engine.engine import Engine
 from scalpd.engine.ports import WallClock
 from scalpd.events import Gap, Trade
 from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
+from scalpd.live.book_feed import BookFeed
 from scalpd.live.exchange import make_exchange, market_rules
 from scalpd.live.source import CcxtBarSource
 from scalpd.logs import configure_logging
@@ -38,6 +40,7 @@ class Daemon:
         self.mode = "paper" if paper else "live"
         self.engine: Engine | None = None
         self.source: CcxtBarSource | None = None
+        self.recording: TickRecording | None = None
         self.run_id: int | None = None
         self.bars_processed = 0
         self._progress = asyncio.Condition()
@@ -94,7 +97,13 @@ class Daemon:
                 exchange, symbols, settings.exchange, trades=settings.symbols.stream_trades
             )
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
-            await self._loop(engine, broker)
+            if settings.data.record_ticks:
+                self.recording = TickRecording(exchange, settings)
+            try:
+                await self._loop(engine, broker)
+            finally:
+                if self.recording is not None:
+                    await self.recording.close()
             status = "completed" if self.max_bars else "stopped"
             return 0
         except ccxt.AuthenticationError as exc:
@@ -178,6 +187,54 @@ class Daemon:
             "bars_quarantined": src.quarantined if src else 0,
             "anomalies": engine.anomalies,
         }
+
+
+class TickRecording:
+    """Records trades and the order book beside trading (data.record_ticks), off the decision
+    path: the feed runs as its own task, files are written from a thread, and a failure of
+    either is logged and ends the recording, never the trading."""
+
+    _FLUSH_CHECK_S = 5.0
+
+    def __init__(self, exchange: Any, settings: Settings) -> None:
+        self.recorder = TickRecorder(settings.data.market_root)
+        self.feed = BookFeed(
+            exchange,
+            settings.symbols.trade,
+            self.recorder.add,
+            ws_url=settings.exchange.ws_url,
+            initial_backoff_s=settings.exchange.reconnect_initial_backoff_s,
+            max_backoff_s=settings.exchange.reconnect_max_backoff_s,
+        )
+        self._tasks = [
+            asyncio.create_task(self._run_feed(), name="tick-feed"),
+            asyncio.create_task(self._flush_periodically(), name="tick-flush"),
+        ]
+
+    async def _run_feed(self) -> None:
+        try:
+            await self.feed.run()
+        except Exception as exc:  # the recording is optional; trading goes on
+            log.error("tick_recording_stopped", error=f"{type(exc).__name__}: {exc}")
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self._FLUSH_CHECK_S)
+            try:
+                await asyncio.to_thread(self.recorder.flush_due)
+            except OSError as exc:
+                log.error("tick_flush_failed", error=str(exc))
+
+    async def close(self) -> None:
+        await self.feed.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.recorder.close)
+        except OSError as exc:
+            log.error("tick_flush_failed", error=str(exc))
+        log.info("tick_recording_closed", rows=self.recorder.rows_written, **vars(self.feed.stats))
 
 
 def run_daemon(settings: Settings, *, paper: bool, max_bars: int | None = None) -> int:

@@ -150,10 +150,24 @@ def bench_import_archive() -> Iterator[Result]:
     }
 
 
+def _features_update() -> Iterator[Result]:
+    from scalpd.features.bench import bench_update_latency
+
+    return bench_update_latency()
+
+
+def _features_batch() -> Iterator[Result]:
+    from scalpd.features.bench import bench_batch
+
+    return bench_batch()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "load_5y_btc_s": bench_load_5y,
     "import_archive_rows_per_s": bench_import_archive,
+    "features_update_us": _features_update,
+    "features_batch_bars_per_s": _features_batch,
 }
 
 

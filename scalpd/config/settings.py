@@ -107,7 +107,16 @@ class DataSettings(Section):
 
 
 class StrategySettings(Section):
-    name: Literal["ema_cross"] = "ema_cross"
+    name: Literal["ema_cross", "model"] = Field(
+        "ema_cross", description="ema_cross: the rule baseline; model: a trained model"
+    )
+    model_path: Path | None = Field(
+        None, description="for name = model: models/<name>/<version>/ of a trained model"
+    )
+    model_backend: Literal["eager", "onnx", "int8"] = "eager"
+    min_confidence: float = Field(
+        0.55, ge=0, le=1, description="model: least P(take-profit first) to enter long"
+    )
     fast_period_bars: int = Field(12, ge=1)
     slow_period_bars: int = Field(48, ge=2)
     take_profit_bps: float = Field(40.0, gt=0)
@@ -116,9 +125,11 @@ class StrategySettings(Section):
     position_fraction: float = Field(0.95, gt=0, le=1, description="share of equity per entry")
 
     @model_validator(mode="after")
-    def _fast_below_slow(self) -> StrategySettings:
+    def _consistent(self) -> StrategySettings:
         if self.fast_period_bars >= self.slow_period_bars:
             raise ValueError("fast_period_bars must be below slow_period_bars")
+        if self.name == "model" and self.model_path is None:
+            raise ValueError("name = 'model' needs model_path (models/<name>/<version>)")
         return self
 
 

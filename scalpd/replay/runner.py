@@ -127,6 +127,9 @@ def _concat(symbol: str, parts: list[BarColumns]) -> BarColumns:
 def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResult:
     """Replay `inp`. Bad rows are quarantined in the store; with on_bad_rows=fail, stop."""
     source = ReplaySource(inp.series)
+    # The symbols traded are the symbols replayed.
+    symbols = settings.symbols.model_copy(update={"trade": source.symbols})
+    settings = settings.model_copy(update={"symbols": symbols})
     run_id = store.start_run("replay", settings.redacted(), inp.label)
     n_bad = sum(len(rows) for rows in inp.quarantined.values())
     if n_bad:

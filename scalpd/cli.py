@@ -207,12 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_record_command(sub)
 
+    # Built on demand by main (it imports torch); listed here for --help.
+    sub.add_parser(
+        "train", help="train a model (tcn, transformer, lstm, ensemble) and save its artifact"
+    )
     # Parsed by scalpd.fakex.cli (see main); listed here for --help.
     sub.add_parser(
         "fake-exchange",
         help="serve a local fake Binance from Parquet bars (try `scalpd run` without an account)",
         add_help=False,
     )
+    return parser
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from scalpd.models.cli import add_train_command
+    from scalpd.strategy.model import feature_matrix
+
+    parser = argparse.ArgumentParser(prog="scalpd")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_command(sub, features_fn=feature_matrix)
     return parser
 
 
@@ -223,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         from scalpd.fakex.cli import main as fake_main
 
         return fake_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["train"]:
+        parser = _train_parser()  # imports torch: only for this command
+    else:
+        parser = build_parser()
+    args = parser.parse_args(argv)
     from scalpd.data.parquet import DataError
     from scalpd.store.sqlite import StoreError
 

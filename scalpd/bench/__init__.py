@@ -162,12 +162,24 @@ def _features_batch() -> Iterator[Result]:
     return bench_batch()
 
 
+def _models() -> dict[str, Callable[[], Iterator[Result]]]:
+    # Imported on demand: it loads torch, which the other benchmarks do not need.
+    def run(key: str) -> Iterator[Result]:
+        from scalpd.models.bench import BENCHMARKS as model_benchmarks
+
+        return model_benchmarks[key]()
+
+    kinds = ("tcn", "transformer", "lstm", "ensemble")
+    return {f"models_{kind}": (lambda k=f"models_{kind}": run(k)) for kind in kinds}
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "load_5y_btc_s": bench_load_5y,
     "import_archive_rows_per_s": bench_import_archive,
     "features_update_us": _features_update,
     "features_batch_bars_per_s": _features_batch,
+    **_models(),
 }
 
 

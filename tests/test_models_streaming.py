@@ -1,0 +1,145 @@
+"""Streaming (bar by bar) equals batch (full series) for every architecture, on a month of real
+BTC/USDT bars with the stand-in features; random (seeded) weights, as equality needs no
+training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scalpd.data.bars import BarColumns
+from scalpd.data.parquet import read_parquet
+from scalpd.models.backends import EnsemblePredictor, make_predictor
+from scalpd.models.basic_features import basic_features
+from scalpd.models.ensemble import EnsembleWeighter
+from scalpd.models.labels import LabelParams, label_bars
+from scalpd.models.nets import EnsembleNet, SeqNet, build_net
+from tests.conftest import shared_file
+
+MARCH_2024_MS = 1_709_251_200_000
+APRIL_2024_MS = 1_711_929_600_000
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def month() -> tuple[BarColumns, np.ndarray]:
+    bars = read_parquet(shared_file("binance-spot/BTCUSDT-1m-2024.parquet"))
+    t = bars.open_time
+    march = bars.take((t >= MARCH_2024_MS) & (t < APRIL_2024_MS))
+    X, _, _ = basic_features(march)
+    return march, X
+
+
+def _net(config: dict, X: np.ndarray, seed: int = 0) -> SeqNet:
+    torch.manual_seed(seed)
+    net = build_net(config)
+    assert isinstance(net, SeqNet)
+    net.norm.fit(X[: len(X) // 2])
+    return net.eval()
+
+
+def _stream(pred, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.full((len(X), 2, 3), np.nan, dtype=np.float32)
+    valid = np.zeros(len(X), dtype=bool)
+    for t in range(len(X)):
+        p = pred.predict_step(X[t])
+        if p is not None:
+            probs[t], valid[t] = p, True
+    return probs, valid
+
+
+CONFIGS = {
+    "tcn": {"kind": "tcn", "hidden": 48, "levels": 4},
+    "transformer": {"kind": "transformer", "d_model": 48, "layers": 2, "window_bars": 120},
+    "lstm": {"kind": "lstm", "hidden": 48},
+}
+
+
+@pytest.mark.parametrize("kind", list(CONFIGS))
+def test_streaming_equals_batch(month: tuple[BarColumns, np.ndarray], kind: str) -> None:
+    bars, X = month
+    assert len(X) == 31 * 1440 and bars.gaps() == []
+    net = _net({**CONFIGS[kind], "n_features": X.shape[1]}, X)
+    # Batch: the whole month in one forward call, as in training.
+    with torch.inference_mode():
+        batch_logits = net(torch.from_numpy(X.astype(np.float32))[None])[0]
+    batch_probs = torch.softmax(batch_logits, dim=-1).numpy()
+
+    pred = make_predictor(net, "eager", threads=1)
+    stream_probs, stream_valid = _stream(pred, X)
+    series = pred.predict_series(X, bars.open_time)  # chunked full series: the same again
+
+    # The stand-in features warm up for 60 bars (NaN): those and the model's context after
+    # them are "no prediction", the same way in both paths.
+    np.testing.assert_array_equal(stream_valid, series.valid)
+    assert not stream_valid[: 60 + net.context_bars - 1].any()
+    assert stream_valid[60 + net.context_bars - 1 :].all()
+    v = stream_valid
+    diff_batch = float(np.abs(stream_probs[v] - batch_probs[v]).max())
+    diff_series = float(np.abs(stream_probs[v] - series.probs[v]).max())
+    print(f"{kind}: max |stream - batch| {diff_batch:.2e}, |stream - series| {diff_series:.2e}")
+    assert diff_batch < TOLERANCE and diff_series < TOLERANCE
+    assert np.isnan(series.probs[~v]).all() and np.isfinite(series.probs[v]).all()
+
+
+def test_ensemble_streaming_equals_batch(month: tuple[BarColumns, np.ndarray]) -> None:
+    """Members side by side, weights following their log-loss on labels as they mature, per
+    regime; regime 1 (volatile bars) may use the LSTM only."""
+    bars, X = month
+    f = X.shape[1]
+    # Smaller members than the single tests' (fewer layers): the point here is the mixing.
+    members = [
+        _net({"kind": "tcn", "n_features": f, "hidden": 32, "levels": 2}, X, seed=1),
+        _net(
+            {
+                "kind": "transformer",
+                "n_features": f,
+                "d_model": 32,
+                "layers": 1,
+                "window_bars": 100,
+            },
+            X,
+            seed=2,
+        ),  # fmt: skip
+        _net({"kind": "lstm", "n_features": f, "hidden": 32}, X, seed=3),
+    ]
+    net = EnsembleNet(members)
+    params = LabelParams(10, 10, 15)
+    labels = label_bars(bars, params)
+    vol = X[:, 3]  # volatility_15b_bps
+    regime = (np.nan_to_num(vol) > np.nanmedian(vol) * 1.5).astype(np.int64)
+    allowed = np.array([[True, True, True], [False, False, True]])
+
+    def predictor() -> EnsemblePredictor:
+        weighter = EnsembleWeighter(3, n_regimes=2, temperature=0.02, allowed=allowed)
+        pred = make_predictor(net, "eager", threads=1, weighter=weighter, horizon_bars=15)
+        assert isinstance(pred, EnsemblePredictor)
+        return pred
+
+    stream = predictor()
+    probs = np.full((len(X), 2, 3), np.nan, dtype=np.float32)
+    valid = np.zeros(len(X), dtype=bool)
+    h = params.horizon_bars
+    times = bars.open_time.tolist()
+    for t in range(len(X)):
+        if t >= h and labels.valid[t - h]:
+            stream.observe_label(times[t - h], labels.y[t - h])  # bar t closed: t-H matured
+        p = stream.predict_step(X[t], time_ms=times[t], regime=int(regime[t]))
+        if p is not None:
+            probs[t], valid[t] = p, True
+
+    series = predictor().predict_series(X, bars.open_time, regime, labels.y, labels.valid)
+    np.testing.assert_array_equal(valid, series.valid)
+    diff = float(np.abs(probs[valid] - series.probs[valid]).max())
+    print(f"ensemble: max |stream - batch| {diff:.2e}")
+    assert diff < TOLERANCE
+    # The weights did follow performance (not uniform any more), per regime.
+    assert series.weights is not None
+    assert np.abs(series.weights[-1] - 1 / 3).max() > 0.01
+    np.testing.assert_allclose(stream.weighter.weights(int(regime[-1])), series.weights[-1])
+    # In regime 1 only the LSTM counts: the mixture is the LSTM's own forecast.
+    lstm = make_predictor(members[2], "eager").predict_series(X, bars.open_time)
+    both = valid & (regime == 1) & lstm.valid
+    assert both.any()
+    assert np.abs(series.probs[both] - lstm.probs[both]).max() < TOLERANCE

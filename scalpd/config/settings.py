@@ -113,7 +113,9 @@ class StrategySettings(Section):
     model_path: Path | None = Field(
         None, description="for name = model: models/<name>/<version>/ of a trained model"
     )
-    model_backend: Literal["eager", "onnx", "int8"] = "eager"
+    model_backend: Literal["eager", "onnx", "int8"] = Field(
+        "onnx", description="model inference; onnx meets the latency targets on a CPU"
+    )
     min_confidence: float = Field(
         0.55, ge=0, le=1, description="model: least P(take-profit first) to enter long"
     )

@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scalpd.config.settings import StrategySettings, SymbolsSettings
-from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Side, Trade
-from scalpd.execution.rules import floor_to_step
+from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Trade
 from scalpd.strategy.base import StrategyContext
-
-_NO_INTENTS: tuple[OrderIntent, ...] = ()
+from scalpd.strategy.long_only import LongOnly
 
 
 class _EmaState:
@@ -33,38 +31,17 @@ class EmaCross:
         self._alpha_fast = 2.0 / (settings.fast_period_bars + 1)
         self._alpha_slow = 2.0 / (settings.slow_period_bars + 1)
         self._warmup_bars = settings.slow_period_bars
-        self._max_hold_ms = settings.max_hold_bars * BAR_INTERVAL_MS
-        self._fraction = settings.position_fraction
-        self._bracket = Bracket(settings.take_profit_bps, settings.stop_loss_bps)
-        self._symbols = symbols
+        self._position = LongOnly(
+            symbols,
+            settings.position_fraction,
+            Bracket(settings.take_profit_bps, settings.stop_loss_bps),
+            settings.max_hold_bars * BAR_INTERVAL_MS,
+        )
         self._state: dict[str, _EmaState] = {}
 
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
-        symbol = bar.symbol
-        crossed_up = self._update_emas(symbol, bar.close)
-        if ctx.has_working_order(symbol):
-            return _NO_INTENTS
-        pos = ctx.position(symbol)
-        if pos is not None:
-            # The time stop does not depend on the EMAs, so it holds across a data gap too.
-            if bar.close_time_ms - pos.opened_ms >= self._max_hold_ms:
-                return (
-                    OrderIntent(
-                        symbol, Side.SELL, pos.qty, "time_stop", bar.close_time_ms, None, True
-                    ),
-                )
-            return _NO_INTENTS
-        if crossed_up:
-            rules = self._symbols.rules(symbol)
-            qty = floor_to_step(ctx.equity() * self._fraction / bar.close, rules.step_size)
-            # Too small for the exchange: sending it would only earn a rejection.
-            if qty >= rules.min_qty and qty * bar.close >= rules.min_notional_usdt:
-                return (
-                    OrderIntent(
-                        symbol, Side.BUY, qty, "ema_cross_up", bar.close_time_ms, self._bracket
-                    ),
-                )
-        return _NO_INTENTS
+        crossed_up = self._update_emas(bar.symbol, bar.close)
+        return self._position.decide(bar, ctx, crossed_up, "ema_cross_up")
 
     def _update_emas(self, symbol: str, close: float) -> bool:
         """Advance the EMAs; True when the fast one has just crossed above, after warm-up."""

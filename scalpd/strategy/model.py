@@ -16,8 +16,7 @@ import numpy as np
 
 from scalpd.config.settings import StrategySettings, SymbolsSettings
 from scalpd.data.bars import BarColumns
-from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Side, Trade
-from scalpd.execution.rules import floor_to_step
+from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Trade
 from scalpd.features.batch import compute
 from scalpd.features.incremental import FeatureEngine
 from scalpd.features.spec import FEATURE_NAMES, FEATURE_SET_ID, feature_specs
@@ -25,8 +24,7 @@ from scalpd.models.artifact import load_artifact
 from scalpd.models.backends import Predictor
 from scalpd.models.labels import CLASS_NAMES, SIDE_NAMES
 from scalpd.strategy.base import StrategyContext
-
-_NO_INTENTS: tuple[OrderIntent, ...] = ()
+from scalpd.strategy.long_only import NO_INTENTS, LongOnly
 
 # The features a model sees: those that bars alone provide. Tick features (spread, depth,
 # trade sizes) and the cross-asset mean need recorded ticks or several symbols, and a column
@@ -52,12 +50,14 @@ class ModelStrategy:
         artifact = load_artifact(model_path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
         label = artifact.meta["label"]
         self.model = f"{artifact.name}/{artifact.version}"
-        self._symbols = symbols
-        self._fraction = settings.position_fraction
         self._threshold = settings.min_confidence
         # Trade the barriers the model learned to predict, not the rule baseline's.
-        self._bracket = Bracket(float(label["take_profit_bps"]), float(label["stop_loss_bps"]))
-        self._max_hold_ms = int(label["horizon_bars"]) * BAR_INTERVAL_MS
+        self._position = LongOnly(
+            symbols,
+            settings.position_fraction,
+            Bracket(float(label["take_profit_bps"]), float(label["stop_loss_bps"])),
+            int(label["horizon_bars"]) * BAR_INTERVAL_MS,
+        )
         self._features = FeatureEngine(symbols.trade)
         # One thread: a one-bar step is far too small to split, and a second thread waiting
         # on a busy core turned 150 µs steps into 8 ms ones.
@@ -69,30 +69,13 @@ class ModelStrategy:
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
         symbol = bar.symbol
         if not self._features.on_bar(bar):
-            return _NO_INTENTS  # refused bar (bad or out of order): counted by the engine
+            return NO_INTENTS  # refused bar (bad or out of order): counted by the engine
         x = self._features.vector(symbol)[_INPUT_INDEX]
         probs = self._predictors[symbol].predict_step(x)
         p_up = float(probs[_LONG, _TAKE_PROFIT]) if probs is not None else float("nan")
         self.last_probability[symbol] = p_up
-        if ctx.has_working_order(symbol):
-            return _NO_INTENTS
-        pos = ctx.position(symbol)
-        if pos is not None:
-            if bar.close_time_ms - pos.opened_ms >= self._max_hold_ms:
-                return (
-                    OrderIntent(
-                        symbol, Side.SELL, pos.qty, "time_stop", bar.close_time_ms, None, True
-                    ),
-                )
-            return _NO_INTENTS
-        if not p_up >= self._threshold:  # NaN (no prediction) never trades
-            return _NO_INTENTS
-        rules = self._symbols.rules(symbol)
-        qty = floor_to_step(ctx.equity() * self._fraction / bar.close, rules.step_size)
-        if qty < rules.min_qty or qty * bar.close < rules.min_notional_usdt:
-            return _NO_INTENTS
-        reason = f"model_p_tp={p_up:.3f}"
-        return (OrderIntent(symbol, Side.BUY, qty, reason, bar.close_time_ms, self._bracket),)
+        # NaN (no prediction) never enters.
+        return self._position.decide(bar, ctx, p_up >= self._threshold, f"model_p_tp={p_up:.3f}")
 
     def on_gap(self, gap: Gap) -> None:
         self._features.on_gap(gap)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from scalpd import __version__
 from scalpd.config.settings import ConfigError, Settings, find_config, load_settings
+from scalpd.utc import parse_utc_ms
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -26,12 +26,9 @@ class CliError(Exception):
 
 def _parse_date_ms(text: str) -> int:
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"bad date {text!r}: use YYYY-MM-DD or an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+        return parse_utc_ms(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from scalpd.models.device import DEVICE_CHOICES
 from scalpd.models.errors import ModelError
 from scalpd.models.labels import LabelParams, label_bars
 from scalpd.models.nets import MODEL_NAMES
+from scalpd.utc import parse_utc_ms
 
 FeaturesFn = Callable[[BarColumns], tuple[np.ndarray, list[str], str]]
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -33,12 +33,9 @@ EXIT_FAILED, EXIT_USAGE = 1, 2
 
 def _date_ms(text: str) -> int:
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ModelError(f"bad date {text!r}: use YYYY-MM-DD or an ISO time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+        return parse_utc_ms(text)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def add_train_command(

@@ -227,10 +227,18 @@ async def download_symbol(
 def _last_stored_before(
     store: BarStore, exchange: str, symbol: str, timeframe: str, until_ms: int, manifest: Any
 ) -> int | None:
-    """Open time of the last stored bar before `until_ms`, or None: where a rerun resumes."""
+    """Open time of the last stored bar before `until_ms`, or None: where a rerun resumes.
+
+    The manifest says which year file holds it; only that file is read, not every year."""
     if manifest is None:
         return None
-    bars = store.read(exchange, symbol, timeframe, None, until_ms)
+    files = [f for f in manifest.files if f.first_open_time_ms < until_ms]
+    if not files:
+        return None
+    last_file = max(files, key=lambda f: f.first_open_time_ms)
+    if last_file.last_open_time_ms < until_ms:
+        return last_file.last_open_time_ms
+    bars = store.read(exchange, symbol, timeframe, last_file.first_open_time_ms, until_ms)
     return int(bars.open_time[-1]) if len(bars) else None
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 import aiohttp
 import ccxt
@@ -14,8 +12,8 @@ import pytest
 
 from scalpd.fakex import FakeExchange, FakeMarket
 from scalpd.fakex.testing import bars_from_prices, ccxt_client, random_walk_bars, running
+from tests.conftest import shared_file
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MINUTE_MS = 60_000
 
 # Two bars of history, then the bars the tests trade on (start_index=2).
@@ -37,16 +35,6 @@ def make_fx(prices: list[tuple[float, float, float, float]] = PRICES, **kw: obje
 
 def open_time(index: int) -> int:
     return int(bars_from_prices(PRICES)["open_time"][index])
-
-
-def shared_file(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.is_file():
-        message = f"shared market data not found at {path}"
-        if os.environ.get("SCALPD_REQUIRE_SHARED_DATA") == "1":
-            pytest.fail(message + "; CI requires it")
-        pytest.skip(message)
-    return path
 
 
 # -- markets, time, klines ---------------------------------------------------------------------

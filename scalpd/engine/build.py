@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scalpd.config.settings import Settings
-from scalpd.engine.engine import ClientIds, Engine, Journal
+from scalpd.engine.engine import ClientIds, Engine, EquityCurve, Journal
 from scalpd.engine.ports import Broker, Clock
 from scalpd.risk.gate import RiskGate
 from scalpd.strategy import build_strategy
@@ -15,7 +15,15 @@ def client_id_prefix(run_id: int) -> str:
 
 
 def build_engine(
-    settings: Settings, *, broker: Broker, journal: Journal, clock: Clock, run_id: int, cash: float
+    settings: Settings,
+    *,
+    broker: Broker,
+    journal: Journal,
+    clock: Clock,
+    run_id: int,
+    cash: float,
+    trade_from_ms: int = 0,
+    equity_curve: EquityCurve | None = None,
 ) -> Engine:
     return Engine(
         strategy=build_strategy(settings),
@@ -26,4 +34,6 @@ def build_engine(
         cash=cash,
         ids=ClientIds(client_id_prefix(run_id)),
         equity_interval_ms=settings.store.equity_snapshot_interval_s * 1000,
+        trade_from_ms=trade_from_ms,
+        equity_curve=equity_curve,
     )

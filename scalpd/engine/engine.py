@@ -13,6 +13,7 @@ The order of work at each closed bar is fixed, so every mode sees the same seque
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -47,6 +48,24 @@ class Journal(Protocol):
     def record_equity(self, time_ms: int, equity: float, cash: float) -> None: ...
 
 
+class EquityCurve:
+    """Equity at the close of every minute (one sample per close time, whatever the number of
+    symbols): what minute-level metrics are computed from. Replay keeps one; live does not."""
+
+    __slots__ = ("time_ms", "equity")
+
+    def __init__(self) -> None:
+        self.time_ms = array("q")
+        self.equity = array("d")
+
+    def add(self, time_ms: int, equity: float) -> None:
+        if self.time_ms and self.time_ms[-1] == time_ms:
+            self.equity[-1] = equity  # another symbol's bar of the same minute
+        else:
+            self.time_ms.append(time_ms)
+            self.equity.append(equity)
+
+
 class ClientIds:
     """Our own client order ids: restart-safe because the run id is in them."""
 
@@ -73,6 +92,8 @@ class Engine:
         cash: float,
         ids: ClientIds,
         equity_interval_ms: int,
+        trade_from_ms: int = 0,
+        equity_curve: EquityCurve | None = None,
     ) -> None:
         self._strategy = strategy
         self._risk = risk
@@ -82,6 +103,10 @@ class Engine:
         self._ids = ids
         self._equity_interval_ms = equity_interval_ms
         self._next_equity_ms = 0
+        # Warm-up: bars closing before this are shown to the strategy (features, model context)
+        # but its intents are dropped, so a test window starts with warm state and no trades.
+        self.trade_from_ms = trade_from_ms
+        self.equity_curve = equity_curve
         self._log = structlog.get_logger("scalpd.engine")
         self.portfolio = Portfolio(cash)
         self.open_orders: dict[str, Order] = {}
@@ -119,7 +144,7 @@ class Engine:
         pf = self.portfolio
         pf.last_price[bar.symbol] = bar.close
         intents = self._strategy.on_bar(bar, self)
-        if intents:
+        if intents and close_ms >= self.trade_from_ms:
             for intent in intents:
                 self._route(intent, bar.close)
         equity = pf.equity() if pf.positions else pf.cash
@@ -129,6 +154,8 @@ class Engine:
             drawdown = 1.0 - equity / self.peak_equity
             if drawdown > self.max_drawdown:
                 self.max_drawdown = drawdown
+        if self.equity_curve is not None:
+            self.equity_curve.add(close_ms, equity)
         if close_ms >= self._next_equity_ms:
             self._journal.record_equity(close_ms, equity, pf.cash)
             self._next_equity_ms = (

@@ -16,7 +16,7 @@ from scalpd.data.parquet import DataError, read_parquet
 from scalpd.data.store import BarStore
 from scalpd.data.synthetic import generate, synthetic_label
 from scalpd.engine.build import build_engine
-from scalpd.engine.engine import Engine
+from scalpd.engine.engine import Engine, EquityCurve
 from scalpd.engine.ports import SimClock
 from scalpd.execution.sim import SimBroker
 from scalpd.replay.source import ReplaySource
@@ -161,6 +161,7 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
             clock=SimClock(source.first_open_time_ms),
             run_id=run_id,
             cash=settings.sim.starting_cash_usdt,
+            equity_curve=EquityCurve(),
         )
         t0 = time.perf_counter()
         drive(engine, source)

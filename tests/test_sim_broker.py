@@ -19,7 +19,8 @@ from scalpd.events import (
     OrderUpdate,
     Side,
 )
-from scalpd.execution.sim import SimBroker, bracket_legs
+from scalpd.execution.brackets import bracket_legs
+from scalpd.execution.sim import SimBroker
 
 SYM = "BTC/USDT"
 M = 60_000
@@ -117,7 +118,7 @@ def test_entry_arms_bracket_at_fill_price_rounded_to_tick() -> None:
 
 def test_bracket_legs_round_to_the_tick() -> None:
     # 61,234.57 * 1.004 = 61,479.508... -> 61,479.51; * 0.9975 = 61,081.48... -> 61,081.48
-    tp, sl = bracket_legs(entry(), 61_234.57, T, RULES)
+    tp, sl = bracket_legs(entry(), 61_234.57, T, RULES, entry().qty)
     assert (tp.price, sl.price) == (61_479.51, 61_081.48)
 
 

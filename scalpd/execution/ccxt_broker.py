@@ -22,7 +22,7 @@ import structlog
 
 from scalpd.config.settings import MarketRules
 from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate
-from scalpd.execution.sim import bracket_legs
+from scalpd.execution.brackets import bracket_legs
 
 log = structlog.get_logger("scalpd.execution.ccxt")
 
@@ -133,7 +133,9 @@ class CcxtBroker:
             self._reports.append(OrderUpdate(order.client_id, status, _time_of(info)))
 
     async def _arm_bracket(self, entry: Order, fill_price: float, fill_ms: int) -> None:
-        take_profit, stop_loss = bracket_legs(entry, fill_price, fill_ms, self._rules[entry.symbol])
+        take_profit, stop_loss = bracket_legs(
+            entry, fill_price, fill_ms, self._rules[entry.symbol], entry.qty
+        )
         market = self._ex.market(entry.symbol)
         list_id = entry.client_id + "oco"
         request = {

@@ -44,3 +44,12 @@ def violation(qty: float, price: float, rules: MarketRules) -> str | None:
     if qty * price < rules.min_notional_usdt:
         return f"notional {qty * price:.4f} below min_notional {rules.min_notional_usdt}"
     return None
+
+
+def sellable_qty(
+    bought_qty: float, fee: float, fee_asset: str, base_asset: str, step: float
+) -> float:
+    """What can be sold after buying `bought_qty`: a fee taken in the base asset is gone, and
+    an order must be a whole number of lot steps (the rest stays as dust)."""
+    net = bought_qty - fee if fee_asset == base_asset else bought_qty
+    return floor_to_step(net, step)

@@ -26,7 +26,8 @@ from scalpd.events import (
     OrderUpdate,
     Side,
 )
-from scalpd.execution.rules import round_to_tick, violation
+from scalpd.execution.brackets import bracket_legs
+from scalpd.execution.rules import violation
 
 QUOTE_ASSET = "USDT"
 
@@ -58,38 +59,6 @@ class NextOpenFillModel:
         if bar.high >= target:
             return bracket.take_profit, max(target, bar.open)
         return None
-
-
-def bracket_legs(
-    entry: Order, fill_price: float, fill_time_ms: int, rules: MarketRules
-) -> tuple[Order, Order]:
-    """The take-profit (limit) and stop-loss (stop) sells that protect a filled long entry.
-
-    Shared with the live broker, so both arm the same prices.
-    """
-    assert entry.bracket is not None
-    tp = round_to_tick(fill_price * (1 + entry.bracket.take_profit_bps / 1e4), rules.tick_size)
-    sl = round_to_tick(fill_price * (1 - entry.bracket.stop_loss_bps / 1e4), rules.tick_size)
-    common = dict(symbol=entry.symbol, side=Side.SELL, qty=entry.qty, parent_id=entry.client_id)
-    take_profit = Order(
-        client_id=entry.client_id + "tp",
-        type=OrderType.LIMIT,
-        price=tp,
-        time_ms=fill_time_ms,
-        reason="take_profit",
-        reduce_only=True,
-        **common,
-    )
-    stop_loss = Order(
-        client_id=entry.client_id + "sl",
-        type=OrderType.STOP,
-        price=sl,
-        time_ms=fill_time_ms,
-        reason="stop_loss",
-        reduce_only=True,
-        **common,
-    )
-    return take_profit, stop_loss
 
 
 class SimBroker:
@@ -175,7 +144,7 @@ class SimBroker:
             return
         reports.append(self._fill(order, price, bar.open_time_ms, "taker"))
         if order.bracket is not None:
-            take_profit, stop_loss = bracket_legs(order, price, bar.open_time_ms, rules)
+            take_profit, stop_loss = bracket_legs(order, price, bar.open_time_ms, rules, order.qty)
             self._brackets[order.symbol] = ArmedBracket(order.client_id, take_profit, stop_loss)
             reports.append(take_profit)
             reports.append(stop_loss)

@@ -62,6 +62,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         inp = load_stored(settings, args.stored, start_ms, end_ms)
     else:
         inp = load_input(settings, args.symbol or None, start_ms, end_ms)
+    if args.capital:
+        return _replay_capital_levels(args, settings, inp)
     store = Store(settings.store.path)
     try:
         result = run_replay(settings, inp, store)
@@ -71,6 +73,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps({"run_id": result.run_id, **result.summary}).decode() + "\n")
     else:
         print(format_summary(result.summary, result.run_id, str(settings.store.path)))
+    return 0
+
+
+def _replay_capital_levels(args: argparse.Namespace, settings: Settings, inp: Any) -> int:
+    import orjson
+
+    from scalpd.replay.capital import capital_row, format_levels, parse_levels, run_levels
+    from scalpd.store.sqlite import Store
+
+    levels = parse_levels(args.capital)
+    store = Store(settings.store.path)
+    try:
+        results = run_levels(settings, inp, store, levels)
+    finally:
+        store.close()
+    rows = [capital_row(lv, r.run_id, r.summary) for lv, r in zip(levels, results, strict=True)]
+    if args.json:
+        sys.stdout.write(orjson.dumps({"capital_levels": rows}).decode() + "\n")
+    else:
+        print(f"replay at {len(levels)} capital levels: {inp.label}")
+        print(format_levels(rows))
+        ids = ", ".join(str(row["run_id"]) for row in rows)
+        print(f"stored in {settings.store.path} (runs.id = {ids})")
     return 0
 
 
@@ -168,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", metavar="DATE", help="end, exclusive, UTC (YYYY-MM-DD)")
     p.add_argument("--db", help="SQLite store (default: store.path)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument(
+        "--capital",
+        metavar="USDT[,USDT...]",
+        help="replay at each starting capital, side by side ('default' = 100,1000,10000,100000)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_replay)
 

@@ -124,7 +124,25 @@ class StrategySettings(Section):
     take_profit_bps: float = Field(40.0, gt=0)
     stop_loss_bps: float = Field(25.0, gt=0)
     max_hold_bars: int = Field(60, ge=1, description="time stop: exit at market after this")
-    position_fraction: float = Field(0.95, gt=0, le=1, description="share of equity per entry")
+    position_fraction: float = Field(
+        0.95, gt=0, le=1, description="share of equity per entry (the most any sizing spends)"
+    )
+    sizing: Literal["fixed_fraction", "fixed_size", "volatility_scaled"] = Field(
+        "fixed_fraction", description="position sizing rule (scalpd/strategy/sizing.py)"
+    )
+    fixed_size_usdt: float = Field(1_000.0, gt=0, description="fixed_size: quote per entry")
+    vol_target_bps: float = Field(
+        10.0, gt=0, description="volatility_scaled: full size up to this 1m volatility, bps"
+    )
+    vol_halflife_bars: int = Field(
+        60, ge=2, description="volatility_scaled: half-life of the 1m volatility estimate"
+    )
+    entry_order: Literal["market", "limit"] = Field(
+        "market", description="limit: a maker buy at limit_offset_bps below the close"
+    )
+    limit_offset_bps: float = Field(
+        0.0, ge=0, le=500, description="limit entries: price this far below the bar's close"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> StrategySettings:

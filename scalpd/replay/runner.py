@@ -19,6 +19,7 @@ from scalpd.engine.build import build_engine
 from scalpd.engine.engine import Engine, EquityCurve
 from scalpd.engine.ports import SimClock
 from scalpd.execution.sim import SimBroker
+from scalpd.replay.capital import check_capital
 from scalpd.replay.source import ReplaySource
 from scalpd.replay.summary import summarize
 from scalpd.store.sqlite import Store
@@ -130,6 +131,7 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
     # The symbols traded are the symbols replayed.
     symbols = settings.symbols.model_copy(update={"trade": source.symbols})
     settings = settings.model_copy(update={"symbols": symbols})
+    check_capital(settings, source.symbols, settings.sim.starting_cash_usdt)
     run_id = store.start_run("replay", settings.redacted(), inp.label)
     n_bad = sum(len(rows) for rows in inp.quarantined.values())
     if n_bad:

@@ -31,9 +31,9 @@ class EmaCross:
         self._alpha_fast = 2.0 / (settings.fast_period_bars + 1)
         self._alpha_slow = 2.0 / (settings.slow_period_bars + 1)
         self._warmup_bars = settings.slow_period_bars
-        self._position = LongOnly(
+        self._position = LongOnly.from_settings(
+            settings,
             symbols,
-            settings.position_fraction,
             Bracket(settings.take_profit_bps, settings.stop_loss_bps),
             settings.max_hold_bars * BAR_INTERVAL_MS,
         )
@@ -59,6 +59,7 @@ class EmaCross:
     def on_gap(self, gap: Gap) -> None:
         # An EMA across missing bars would treat distant bars as neighbours: start again.
         self._state.pop(gap.symbol, None)
+        self._position.on_gap(gap)
 
     def on_fill(self, fill: Fill) -> None:
         return None

@@ -10,9 +10,18 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_defaults():
+    """A test that calls `scalpd.cli.main` points logging at its captured stderr, which pytest
+    closes afterwards: later tests must not write there."""
+    yield
+    structlog.reset_defaults()
 
 
 def shared_file(relative: str) -> Path:

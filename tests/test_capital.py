@@ -46,7 +46,8 @@ def test_replay_at_capital_levels_side_by_side(tmp_path: Path, capsys, monkeypat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCALPD_DATA__SYNTHETIC_DAYS", "2")
     db = tmp_path / "r.db"
-    assert main(["replay", "--db", str(db), "--capital", "100,100000", "--json"]) == 0
+    args = ["replay", "--db", str(db), "--capital", "100,100000", "--json", "--no-baselines"]
+    assert main(args) == 0
     rows = orjson.loads(capsys.readouterr().out)["capital_levels"]
     assert [r["capital_usdt"] for r in rows] == [100.0, 100_000.0]
     assert rows[0]["run_id"] != rows[1]["run_id"]
@@ -56,6 +57,10 @@ def test_replay_at_capital_levels_side_by_side(tmp_path: Path, capsys, monkeypat
     # only roughly, and its return is not the large account's exactly.
     assert small["fees_usdt"] < large["fees_usdt"] / 500
     assert small["total_return_pct"] != large["total_return_pct"]
+    # Each level's stored report carries the side-by-side table, for `scalpd report RUN`.
+    assert main(["report", str(small["run_id"]), "--db", str(db), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in report["capital_levels"]] == [small["run_id"], large["run_id"]]
 
 
 def test_replay_refuses_a_capital_level_below_the_minimum(

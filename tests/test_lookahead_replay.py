@@ -20,7 +20,9 @@ from scalpd.store.sqlite import Store
 from tests.conftest import shared_file
 
 # Every order field that is decided, and every fill field that is measured.
-ORDERS = "SELECT client_id, symbol, side, type, qty, price, reason, parent_id, created_ms FROM orders"
+ORDERS = (
+    "SELECT client_id, symbol, side, type, qty, price, reason, parent_id, created_ms FROM orders"
+)
 FILLS = "SELECT client_id, side, qty, price, fee, fee_asset, liquidity, reason, time_ms FROM fills"
 
 

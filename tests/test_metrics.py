@@ -307,3 +307,9 @@ def test_targets_fail_on_missing_values() -> None:
     rows = mx.targets({"win_rate": None, "sharpe_daily": float("nan")})
     assert all(not r[tier]["pass"] for r in rows for tier in mx.TIERS)
     assert rows[0]["value"] is None
+
+
+def test_clean_makes_json_safe_values() -> None:
+    value = {"a": np.float64("nan"), "b": [np.int64(3), math.inf], "c": np.bool_(True), 1: 0.5}
+    assert mx.clean(value) == {"a": None, "b": [3, None], "c": True, "1": 0.5}
+    orjson.dumps(mx.clean(value))

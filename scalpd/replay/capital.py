@@ -94,10 +94,15 @@ def _cell(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def run_levels(settings: Settings, inp: Any, store: Any, levels: Sequence[float]) -> list[Any]:
-    """Replay `inp` once per capital level (each its own run in the store); all levels are
-    checked before the first runs, so a bad one fails fast."""
-    from scalpd.replay.runner import run_replay  # the runner imports this module's check
+def run_levels(
+    settings: Settings, inp: Any, store: Any, levels: Sequence[float], *, baselines: bool = True
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Replay `inp` once per capital level, each its own run in the store, and give every run's
+    stored report the side-by-side table. All levels are checked before the first one runs, so
+    a bad one fails fast. Returns the results and the table's rows."""
+    # Imported here: the runner imports this module's check.
+    from scalpd.replay.report import with_capital_levels
+    from scalpd.replay.runner import run_replay
 
     symbols = [s.symbol for s in inp.series]
     for level in levels:
@@ -105,5 +110,10 @@ def run_levels(settings: Settings, inp: Any, store: Any, levels: Sequence[float]
     results = []
     for level in levels:
         sim = settings.sim.model_copy(update={"starting_cash_usdt": level})
-        results.append(run_replay(settings.model_copy(update={"sim": sim}), inp, store))
-    return results
+        run_settings = settings.model_copy(update={"sim": sim})
+        results.append(run_replay(run_settings, inp, store, baselines=baselines))
+    rows = [capital_row(lv, r.run_id, r.summary) for lv, r in zip(levels, results, strict=True)]
+    for result in results:
+        result.report = with_capital_levels(result.report, rows)
+        store.save_report(result.run_id, result.report)
+    return results, rows

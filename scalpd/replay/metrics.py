@@ -405,3 +405,8 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             }
         rows.append(row)
     return rows
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy of `value`: Python numbers, dicts and lists; NaN and +/-inf become None."""
+    return _clean(value)

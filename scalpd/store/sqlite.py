@@ -1,4 +1,5 @@
-"""SQLite store: runs, intents, orders, fills, round trips, positions, equity, quarantined rows.
+"""SQLite store: runs, intents, orders, fills, round trips, positions, equity, quarantined rows,
+and each replay's report (the JSON `scalpd report RUN` rebuilds its HTML from).
 
 WAL mode. A live journal commits every record at once with `synchronous=FULL`, so an order is
 on disk before it is sent; a replay journal commits in batches (a replay can be run again) and
@@ -19,7 +20,19 @@ from scalpd.engine.portfolio import ClosedTrade, Position
 from scalpd.events import Fill, Order, OrderIntent, OrderStatus, OrderUpdate
 from scalpd.risk.gate import Decision
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Steps from one schema version to the next, applied in order to an older database.
+_MIGRATIONS: dict[int, str] = {
+    # v2: replay reports.
+    2: """
+CREATE TABLE IF NOT EXISTS reports (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    created_ms INTEGER NOT NULL,
+    report_json TEXT NOT NULL
+);
+""",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,7 +128,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     open_time_ms INTEGER,
     reason TEXT NOT NULL
 );
-"""
+""" + "".join(_MIGRATIONS.values())
 
 
 class StoreError(Exception):
@@ -142,17 +155,37 @@ class Store:
         self.path = path
 
     def _migrate(self) -> None:
-        self.conn.executescript(_SCHEMA)
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key='schema_version'"
+            if self._has_table("meta")
+            else "SELECT NULL WHERE 0"
+        ).fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema version {row[0]} is newer than this scalpd understands ({SCHEMA_VERSION})"
+            )
         if row is None:
+            self.conn.executescript(_SCHEMA)
             self.conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
             self.conn.commit()
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise StoreError(
-                f"schema version {row[0]} is newer than this scalpd understands ({SCHEMA_VERSION})"
-            )
+            return
+        for version in range(int(row[0]) + 1, SCHEMA_VERSION + 1):
+            self.conn.executescript(_MIGRATIONS[version])
+            self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
+            self.conn.commit()
+
+    def _has_table(self, name: str) -> bool:
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        return found is not None
+
+    @property
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         self.conn.close()
@@ -185,6 +218,23 @@ class Store:
 
     def run(self, run_id: int) -> dict[str, Any]:
         return self.db["runs"].get(run_id)
+
+    def save_report(self, run_id: int, report: dict[str, Any]) -> None:
+        """Store (or replace) a run's report JSON."""
+        self.conn.execute(
+            "INSERT INTO reports(run_id, created_ms, report_json) VALUES (?, ?, ?) "
+            "ON CONFLICT(run_id) DO UPDATE SET created_ms=excluded.created_ms, "
+            "report_json=excluded.report_json",
+            (run_id, _now_ms(), orjson.dumps(report).decode()),
+        )
+        self.conn.commit()
+
+    def report_json(self, run_id: int) -> str | None:
+        """A run's report exactly as stored; None when it has none."""
+        row = self.conn.execute(
+            "SELECT report_json FROM reports WHERE run_id=?", (run_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def rows(self, table: str, run_id: int) -> list[dict[str, Any]]:
         return list(self.db[table].rows_where("run_id = ?", [run_id], order_by="rowid"))

@@ -66,36 +66,98 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return _replay_capital_levels(args, settings, inp)
     store = Store(settings.store.path)
     try:
-        result = run_replay(settings, inp, store)
+        result = run_replay(settings, inp, store, baselines=not args.no_baselines)
     finally:
         store.close()
+    if args.report:
+        from scalpd.replay.report import render_html
+
+        assert result.report is not None
+        _write_text(Path(args.report), render_html(result.report))
     if args.json:
         sys.stdout.write(orjson.dumps({"run_id": result.run_id, **result.summary}).decode() + "\n")
     else:
+        from scalpd.replay.report import format_baselines
+
         print(format_summary(result.summary, result.run_id, str(settings.store.path)))
+        if result.report is not None:
+            print(format_baselines(result.report))
+    # stderr: --json keeps stdout one JSON object.
+    if args.report:
+        print(f"report written to {args.report}", file=sys.stderr)
+    else:
+        print(
+            f"report: scalpd report {result.run_id} --db {settings.store.path} --out FILE.html",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import orjson
+
+    from scalpd.replay.report import render_html
+    from scalpd.store.sqlite import Store, StoreError
+
+    settings = _settings(args)
+    path = settings.store.path
+    if not path.is_file():
+        raise StoreError(f"no store at {path}")
+    store = Store(path)
+    try:
+        text = store.report_json(args.run)
+        run = store.conn.execute("SELECT mode, status FROM runs WHERE id=?", (args.run,)).fetchone()
+    finally:
+        store.close()
+    if text is None:
+        if run is None:
+            raise StoreError(f"no run {args.run} in {path}")
+        raise StoreError(
+            f"run {args.run} ({run[0]}, {run[1]}) has no report: completed replays store one"
+        )
+    if args.json:
+        sys.stdout.write(text + "\n")
+    if args.out or not args.json:
+        out = Path(args.out or f"report-{args.run}.html")
+        _write_text(out, render_html(orjson.loads(text)))
+        print(f"report of run {args.run} written to {out}", file=sys.stderr)
     return 0
 
 
 def _replay_capital_levels(args: argparse.Namespace, settings: Settings, inp: Any) -> int:
     import orjson
 
-    from scalpd.replay.capital import capital_row, format_levels, parse_levels, run_levels
+    from scalpd.replay.capital import format_levels, parse_levels, run_levels
+    from scalpd.replay.report import render_html
     from scalpd.store.sqlite import Store
 
     levels = parse_levels(args.capital)
     store = Store(settings.store.path)
     try:
-        results = run_levels(settings, inp, store, levels)
+        results, rows = run_levels(settings, inp, store, levels, baselines=not args.no_baselines)
     finally:
         store.close()
-    rows = [capital_row(lv, r.run_id, r.summary) for lv, r in zip(levels, results, strict=True)]
+    if args.report:
+        # Every level's report holds the side-by-side table; the file shows the first level.
+        _write_text(Path(args.report), render_html(results[0].report))
     if args.json:
         sys.stdout.write(orjson.dumps({"capital_levels": rows}).decode() + "\n")
     else:
         print(f"replay at {len(levels)} capital levels: {inp.label}")
         print(format_levels(rows))
         ids = ", ".join(str(row["run_id"]) for row in rows)
-        print(f"stored in {settings.store.path} (runs.id = {ids})")
+        print(f"stored in {settings.store.path} (runs.id = {ids}; scalpd report RUN rebuilds each)")
     return 0
 
 
@@ -166,6 +228,66 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args.names, as_json=args.json)
 
 
+# -- walkforward -----------------------------------------------------------------------------
+
+
+def cmd_walkforward(args: argparse.Namespace) -> int:
+    import orjson
+
+    from scalpd.logs import configure_logging
+    from scalpd.models.errors import ModelError
+    from scalpd.replay.runner import load_input, load_stored
+    from scalpd.replay.walkforward import format_walkforward, run_walkforward
+    from scalpd.store.sqlite import Store
+
+    over: dict[str, Any] = {"data": {"paths": args.data}} if args.data else {}
+    settings = _settings(args, over)
+    configure_logging(args.log_level or "warning", settings.logging.format, sys.stderr)
+    if bool(args.stored) == bool(args.data):
+        raise CliError("give --data files or --stored symbols (one of them)")
+    start_ms = _parse_date_ms(args.start) if args.start else None
+    end_ms = _parse_date_ms(args.end) if args.end else None
+    wf = settings.walkforward
+    # Training needs train_days before the first test window (and its features a warm-up).
+    load_from = None
+    if start_ms is not None:
+        load_from = start_ms - round((wf.train_days + wf.warmup_days) * 86_400_000)
+    if args.stored:
+        inp = load_stored(settings, args.stored, load_from, end_ms)
+    else:
+        inp = load_input(settings, None, load_from, end_ms)
+    if inp.quarantined and settings.data.on_bad_rows == "fail":
+        n = sum(len(rows) for rows in inp.quarantined.values())
+        raise CliError(f'{n} bad row(s) in the data; fix it or set data.on_bad_rows = "skip"')
+
+    def progress(result: Any, n_steps: int) -> None:
+        if not args.json:
+            m = result.metrics
+            print(
+                f"# step {result.step.index}/{n_steps}: run {result.run_id}, "
+                f"{m['trades']} trades, train {result.train_s:.1f} s, "
+                f"replay {result.replay_s:.1f} s",
+                file=sys.stderr,
+            )
+
+    store = Store(settings.store.path)
+    try:
+        result = run_walkforward(
+            settings, inp.series, store, start_ms=start_ms, end_ms=end_ms,
+            max_steps=args.steps, label=inp.label, on_step=progress,
+        )  # fmt: skip
+    except ModelError as exc:
+        print(f"scalpd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps(result.to_json()).decode() + "\n")
+    else:
+        print(format_walkforward(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalpd",
@@ -198,8 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USDT[,USDT...]",
         help="replay at each starting capital, side by side ('default' = 100,1000,10000,100000)",
     )
+    p.add_argument("--report", metavar="PATH", help="write the HTML report here")
+    p.add_argument(
+        "--no-baselines", action="store_true",
+        help="skip the random-entry and rule baselines (report.random_trials more replays)",
+    )  # fmt: skip
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("report", help="rebuild a replay's HTML report (and JSON) from the store")
+    p.add_argument("run", type=int, metavar="RUN", help="run id (runs.id)")
+    p.add_argument("--db", help="SQLite store (default: store.path)")
+    p.add_argument("--out", metavar="FILE.html", help="HTML file (default: report-RUN.html)")
+    p.add_argument(
+        "--json", action="store_true", help="print the report JSON (no HTML unless --out)"
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("run", help="trade live market data (real orders, or --paper)")
     p.add_argument("--paper", action="store_true", help="simulated fills, no real orders")
@@ -227,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     p.add_argument("--json", action="store_true", help="JSON lines only (the default output)")
     p.set_defaults(func=cmd_bench)
+
+    # The handler imports torch (training) only when it runs.
+    p = sub.add_parser(
+        "walkforward",
+        help="retrain on a sliding window and trade the days after it (walkforward.*)",
+    )
+    p.add_argument("--data", nargs="+", metavar="PATH", help="Parquet files of 1m bars")
+    p.add_argument("--stored", nargs="+", metavar="SYMBOL", help="symbols from the bar store")
+    p.add_argument(
+        "--from", dest="start", metavar="DATE",
+        help="first test window, UTC (default: train_days after the data start)",
+    )  # fmt: skip
+    p.add_argument("--to", dest="end", metavar="DATE", help="end of testing, exclusive, UTC")
+    p.add_argument("--steps", type=int, metavar="N", help="stop after N steps")
+    p.add_argument("--db", help="SQLite store (default: store.path)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_walkforward)
 
     from scalpd.data.cli import add_data_commands
     from scalpd.data.record_cli import add_record_command

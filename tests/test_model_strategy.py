@@ -62,6 +62,7 @@ def test_engine_features_and_batch_features_give_the_same_probabilities(trained,
         _settings(tmp_path, artifact.path, 0.5),
         ReplayInput([joined], "test"),
         Store(tmp_path / "r.db"),
+        probabilities="streaming",  # the engine's incremental features, bar by bar
     )
     strategy = result.engine._strategy
     # The strategy's last streaming probability equals the batch one for the last bar.
@@ -84,3 +85,62 @@ def test_model_with_another_feature_set_is_refused(trained, tmp_path):
 def test_model_strategy_needs_a_model_path(tmp_path):
     with pytest.raises(ConfigError, match="model_path"):
         load_settings(None, {"strategy": {"name": "model"}})
+
+
+def _orders(store: Store, run_id: int) -> list[tuple]:
+    # Client ids carry the run id, so they differ between runs by design: compare the rest.
+    return store.conn.execute(
+        "SELECT symbol, side, type, qty, price, reason, reduce_only, status, filled_qty, "
+        "created_ms FROM orders WHERE run_id = ? ORDER BY created_ms, rowid",
+        (run_id,),
+    ).fetchall()
+
+
+def test_precomputed_and_streaming_probabilities_replay_identically(trained, tmp_path):
+    artifact, joined = trained
+    # A gap of 17 missing minutes in the middle: both sources must restart there alike.
+    cut = 3 * 1440 + 700
+    keep = np.ones(len(joined), dtype=bool)
+    keep[cut : cut + 17] = False
+    bars = joined.take(keep)
+    settings = _settings(tmp_path, artifact.path, 0.5)
+    store = Store(tmp_path / "r.db")
+    runs = {
+        mode: run_replay(settings, ReplayInput([bars], "test"), store, probabilities=mode)
+        for mode in ("streaming", "precomputed")
+    }
+    stream, pre = runs["streaming"], runs["precomputed"]
+    assert stream.summary["gaps"] == pre.summary["gaps"] == 1
+    assert stream.engine.trades, "the model never traded: nothing was compared"
+    assert pre.engine.trades == stream.engine.trades
+    assert _orders(store, pre.run_id) == _orders(store, stream.run_id)
+    assert len(_orders(store, pre.run_id)) >= 2 * len(stream.engine.trades)
+    assert pre.engine.equity_curve.equity == stream.engine.equity_curve.equity
+    for symbol, p in stream.engine._strategy.last_probability.items():
+        assert pre.engine._strategy.last_probability[symbol] == pytest.approx(p, abs=1e-5)
+
+
+def test_precomputed_probabilities_refuse_a_bar_they_do_not_know():
+    from scalpd.events import Bar
+    from scalpd.strategy.model import PrecomputedProbabilities
+
+    times = np.array([0, 60_000, 180_000], dtype=np.int64)
+    source = PrecomputedProbabilities(
+        {"BTC/USDT": (times, np.array([1.0, 2.0, 3.0]), np.array([0.1, np.nan, 0.7]))}
+    )
+
+    def bar(t: int, close: float, symbol: str = "BTC/USDT") -> Bar:
+        return Bar(symbol, t, close, close, close, close, 1.0, close, 1, 0.5)
+
+    assert source.on_bar(bar(0, 1.0)) == 0.1
+    assert np.isnan(source.on_bar(bar(60_000, 2.0)))
+    assert source.on_bar(bar(60_000, 2.0)) is None  # again: out of order, refused
+    with pytest.raises(ModelError, match="no precomputed probability"):
+        source.on_bar(bar(120_000, 2.5))  # inside the gap: never computed
+    assert source.on_bar(bar(180_000, 3.0)) == 0.7
+    with pytest.raises(ModelError, match="differs"):
+        PrecomputedProbabilities(
+            {"BTC/USDT": (times, np.array([1.0, 2.0, 3.0]), np.zeros(3))}
+        ).on_bar(bar(0, 1.5))
+    with pytest.raises(ModelError, match="ETH/USDT"):
+        source.on_bar(bar(0, 1.0, "ETH/USDT"))

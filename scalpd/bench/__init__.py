@@ -173,8 +173,22 @@ def _models() -> dict[str, Callable[[], Iterator[Result]]]:
     return {f"models_{kind}": (lambda k=f"models_{kind}": run(k)) for kind in kinds}
 
 
+def _replay_model() -> Iterator[Result]:
+    from scalpd.bench.model_replay import bench_replay_model  # imports torch: on demand
+
+    return bench_replay_model()
+
+
+def _walkforward_window() -> Iterator[Result]:
+    from scalpd.bench.model_replay import bench_walkforward_window
+
+    return bench_walkforward_window()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
+    "replay_model_bars_per_s": _replay_model,
+    "walkforward_window_s": _walkforward_window,
     "load_5y_btc_s": bench_load_5y,
     "import_archive_rows_per_s": bench_import_archive,
     "features_update_us": _features_update,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from scalpd.config.settings import Settings
+from scalpd.data.bars import BarColumns
 from scalpd.engine.engine import ClientIds, Engine, EquityCurve, Journal
 from scalpd.engine.ports import Broker, Clock
 from scalpd.risk.gate import RiskGate
@@ -24,9 +27,11 @@ def build_engine(
     cash: float,
     trade_from_ms: int = 0,
     equity_curve: EquityCurve | None = None,
+    replay_bars: Sequence[BarColumns] | None = None,
 ) -> Engine:
+    """`replay_bars`: replay only, the whole series it will feed (see run_replay)."""
     return Engine(
-        strategy=build_strategy(settings),
+        strategy=build_strategy(settings, replay_bars),
         risk=RiskGate(settings.risk),
         broker=broker,
         journal=journal,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import structlog
@@ -20,6 +21,7 @@ from scalpd.engine.engine import Engine, EquityCurve
 from scalpd.engine.ports import SimClock
 from scalpd.execution.sim import SimBroker
 from scalpd.replay.capital import check_capital
+from scalpd.replay.report import build_report
 from scalpd.replay.source import ReplaySource
 from scalpd.replay.summary import summarize
 from scalpd.store.sqlite import Store
@@ -40,6 +42,7 @@ class ReplayResult:
     run_id: int
     summary: dict[str, Any]
     engine: Engine
+    report: dict[str, Any] | None = None  # also stored: Store.report_json(run_id)
 
 
 def load_stored(
@@ -125,8 +128,27 @@ def _concat(symbol: str, parts: list[BarColumns]) -> BarColumns:
     )
 
 
-def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResult:
-    """Replay `inp`. Bad rows are quarantined in the store; with on_bad_rows=fail, stop."""
+def run_replay(
+    settings: Settings,
+    inp: ReplayInput,
+    store: Store,
+    *,
+    trade_from_ms: int = 0,
+    probabilities: Literal["precomputed", "streaming"] = "precomputed",
+    baselines: bool = False,
+) -> ReplayResult:
+    """Replay `inp`. Bad rows are quarantined in the store; with on_bad_rows=fail, stop.
+
+    trade_from_ms: bars closing before it only warm the strategy up (no trades).
+    probabilities: how a model strategy gets its per-bar probabilities. This is the one place
+    that decides it. "precomputed" (the default): replay knows every bar before it starts, so
+    features and the model's outputs are computed in one causal batch pass and read bar by bar
+    (no look-ahead: each value depends on bars up to its own only; see strategy/model.py).
+    "streaming": bar by bar, as live trading does (the reference the test compares with).
+    baselines: also run the random-entry and rule baselines for the report (report.random_trials
+    replays more; `scalpd replay` does, unless --no-baselines). The report (metrics, targets,
+    buy-and-hold, regimes) is stored with every completed run either way.
+    """
     source = ReplaySource(inp.series)
     # The symbols traded are the symbols replayed.
     symbols = settings.symbols.model_copy(update={"trade": source.symbols})
@@ -151,6 +173,8 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
         log.warning("rows_quarantined", run_id=run_id, count=n_bad, reasons=counts)
     try:
         journal = store.journal(run_id, durable=False)
+        # Timed from here: a model strategy's precomputation is part of the replay's cost.
+        t0 = time.perf_counter()
         broker = SimBroker(
             cash=settings.sim.starting_cash_usdt,
             fees=settings.fees,
@@ -163,14 +187,30 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
             clock=SimClock(source.first_open_time_ms),
             run_id=run_id,
             cash=settings.sim.starting_cash_usdt,
+            trade_from_ms=trade_from_ms,
             equity_curve=EquityCurve(),
+            replay_bars=source.series if probabilities == "precomputed" else None,
         )
-        t0 = time.perf_counter()
+        # The baselines copy this untouched broker, so they pay exactly the run's costs.
+        pristine_broker = copy.deepcopy(broker)
         drive(engine, source)
         run_s = time.perf_counter() - t0
         engine.finish(source.last_close_time_ms)
         journal.flush()
-        summary = summarize(engine, source, inp.label, run_s, inp.load_s)
+        slippage = float(getattr(broker, "slippage_paid_usdt", 0.0))
+        summary = summarize(engine, source, inp.label, run_s, inp.load_s, trade_from_ms, slippage)
+        summary.setdefault("rejected_orders", _rejected_orders(store, run_id))
+        report = build_report(
+            settings,
+            run_id=run_id,
+            label=inp.label,
+            series=source.series,
+            engine=engine,
+            summary=summary,
+            broker=pristine_broker,
+            trade_from_ms=trade_from_ms,
+            baselines=baselines,
+        )
     except KeyboardInterrupt:
         store.conn.rollback()
         store.finish_run(run_id, "interrupted", error="interrupted by the user")
@@ -179,8 +219,16 @@ def run_replay(settings: Settings, inp: ReplayInput, store: Store) -> ReplayResu
         store.conn.rollback()
         store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    store.save_report(run_id, report)
     store.finish_run(run_id, "completed", summary)
-    return ReplayResult(run_id, summary, engine)
+    return ReplayResult(run_id, summary, engine, report)
+
+
+def _rejected_orders(store: Store, run_id: int) -> int:
+    row = store.conn.execute(
+        "SELECT COUNT(*) FROM orders WHERE run_id=? AND status='rejected'", (run_id,)
+    ).fetchone()
+    return int(row[0])
 
 
 def drive(engine: Engine, source: ReplaySource) -> None:

@@ -1,28 +1,44 @@
 """The live broker: orders to Binance spot through ccxt, with our own client order ids.
 
 The engine's calls (`submit`, `cancel_bracket`) only queue work; the daemon awaits `flush()`
-after each bar to send it, and `sync()` before each bar to learn what the resting exits did.
+after each bar to send it, and `sync()` before each bar to learn what resting orders did.
 Reports are handed to the engine by `on_bar`, like the simulator's, so the engine books them at
 the same point of the event stream in every mode.
 
 Exits are kept on the exchange: after an entry fills, its take-profit and stop-loss go out as
 one OCO order list (a LIMIT_MAKER above, a STOP_LOSS below), so they survive a crash of the
-daemon and only one of them can fill.
+daemon and only one of them can fill. They are sized by what the account can sell
+(`sellable_qty`): Binance takes a buy's fee from the base asset bought (unless it is paid in
+BNB), so the account holds less than the entry's quantity, and an OCO for the entry's quantity
+would be refused for insufficient balance.
+
+Every fill's fee and fee asset are the exchange's (its trade data), never recomputed here.
+
+Limit entries (`OrderType.LIMIT`) rest as GTC limit orders under our client id. They are
+polled each bar like the exit legs: partial fills become `Fill` reports as they happen, with an
+`OrderUpdate` carrying the cumulative filled quantity; after `limit_ttl_bars` bars (counted on
+the order's symbol, from the bar after the one it was decided on; the daemon passes each bar to
+`sync`) the rest is cancelled. When
+the entry completes, or is cancelled after a partial fill, its bracket is armed on what was
+filled. When an exit's take-profit fills only in part, the exchange expires the stop (Binance's
+OCO rule) and the rest of the take-profit keeps resting until it fills or the time stop cancels
+it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ccxt
 import structlog
 
 from scalpd.config.settings import MarketRules
-from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate
+from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
 from scalpd.execution.brackets import bracket_legs
+from scalpd.execution.rules import floor_to_step, sellable_qty
 
 log = structlog.get_logger("scalpd.execution.ccxt")
 
@@ -34,6 +50,28 @@ _STATUS = {
     "expired": OrderStatus.EXPIRED,
     "rejected": OrderStatus.REJECTED,
 }
+_CLOSED_STATUSES = frozenset({"closed", "canceled", "cancelled", "expired", "rejected"})
+# Float dust of summed fills: a quantity within this share of the order's is all of it.
+_QTY_REL_EPS = 1e-9
+DEFAULT_LIMIT_TTL_BARS = 5
+
+
+@dataclass(slots=True)
+class _Execution:
+    """What is known of one of our orders on the exchange: its fills, booked once each."""
+
+    order: Order
+    exchange_id: str | None = None
+    filled_qty: float = 0.0
+    cost: float = 0.0  # quote units
+    base_fee: float = 0.0  # fees taken from the base asset (they cannot be sold)
+    last_fill_ms: int = 0
+    trade_ids: set[str] = field(default_factory=set)
+    age_bars: int = 0  # bars of the order's symbol closed since it was sent (limit entries)
+
+    @property
+    def average_price(self) -> float:
+        return self.cost / self.filled_qty if self.filled_qty > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -41,6 +79,7 @@ class LiveBracket:
     list_client_id: str
     take_profit: Order
     stop_loss: Order
+    done: set[str] = field(default_factory=set)  # client ids of legs known to be closed
 
 
 class CcxtBroker:
@@ -50,13 +89,19 @@ class CcxtBroker:
         rules: dict[str, MarketRules],
         *,
         max_rate_limit_retries: int = 5,
+        limit_ttl_bars: int = DEFAULT_LIMIT_TTL_BARS,
     ) -> None:
+        if limit_ttl_bars < 1:
+            raise ValueError("limit_ttl_bars must be at least 1")
         self._ex = exchange
         self._rules = rules
         self._max_retries = max_rate_limit_retries
+        self._limit_ttl_bars = limit_ttl_bars
         self._outbox: list[tuple[str, Any]] = []
         self._reports: list = []
+        self._executions: dict[str, _Execution] = {}  # by client id
         self.brackets: dict[str, LiveBracket] = {}
+        self.working_entries: dict[str, _Execution] = {}  # resting limit entries, by client id
 
     # -- Broker port (synchronous, called by the engine) ---------------------------------------
 
@@ -84,35 +129,61 @@ class CcxtBroker:
             else:
                 await self._cancel_bracket(*payload)
 
-    async def sync(self) -> None:
-        """Learn whether a resting exit filled (polled; a user-data stream can replace it)."""
+    async def sync(self, bar: Bar | None = None) -> None:
+        """Learn what resting orders did before `bar` is handed to the engine (polled; a
+        user-data stream can replace it). `bar` ages the limit entries of its symbol (None:
+        of every symbol); one that has now rested `limit_ttl_bars` bars is cancelled, so the
+        engine learns its end on the same bar as the simulator's would expire it."""
+        for client_id, execution in list(self.working_entries.items()):
+            if bar is not None and bar.symbol != execution.order.symbol:
+                continue
+            execution.age_bars += 1
+            info = await self._fetch(execution.order)
+            if info is None:
+                continue
+            await self._on_entry_status(client_id, execution, info)
+            if client_id in self.working_entries and execution.age_bars >= self._limit_ttl_bars:
+                await self._expire_entry(client_id, execution)
         for symbol, bracket in list(self.brackets.items()):
             for leg in (bracket.stop_loss, bracket.take_profit):
-                info = await self._call(
-                    self._ex.fetch_order, None, symbol, {"origClientOrderId": leg.client_id}
-                )
-                if info is None or info.get("status") != "closed":
+                if leg.client_id in bracket.done:
+                    continue
+                info = await self._fetch(leg)
+                if info is None:
                     continue
                 await self._book_fills(leg, info)
-                other = bracket.take_profit if leg is bracket.stop_loss else bracket.stop_loss
-                self._reports.append(
-                    OrderUpdate(other.client_id, OrderStatus.EXPIRED, _time_of(info))
-                )
+                status = info.get("status")
+                if status in _CLOSED_STATUSES:
+                    bracket.done.add(leg.client_id)
+                    self._report_end(leg, info)
+            if len(bracket.done) == 2:
                 del self.brackets[symbol]
-                break
+                self._forget_legs(bracket)
 
     # -- internals -----------------------------------------------------------------------------
 
     async def _send(self, order: Order) -> None:
-        params = {"newClientOrderId": order.client_id}
+        params: dict[str, Any] = {"newClientOrderId": order.client_id}
+        qty = order.qty
+        if order.side is Side.SELL:
+            # A sell can only be whole lot steps of what the account holds.
+            qty = floor_to_step(qty, self._rules[order.symbol].step_size)
+        if order.type is OrderType.LIMIT:
+            if order.price is None or not order.price > 0:
+                self._reject(order, f"limit order without a valid price: {order.price}")
+                return
+            kind, price = "limit", order.price
+            params["timeInForce"] = "GTC"
+        else:
+            kind, price = "market", None
         try:
             info = await self._call(
                 self._ex.create_order,
                 order.symbol,
-                "market",
+                kind,
                 order.side.value,
-                order.qty,
-                None,
+                qty,
+                price,
                 params,
                 lookup=order,
             )
@@ -122,26 +193,88 @@ class CcxtBroker:
         if info is None:
             self._reject(order, "not accepted: no answer and not found by client id")
             return
-        status = _STATUS.get(info.get("status") or "", OrderStatus.OPEN)
-        if status is OrderStatus.FILLED:
+        execution = self._executions.setdefault(order.client_id, _Execution(order))
+        execution.exchange_id = info.get("id")
+        status = info.get("status")
+        if status in ("rejected", "expired", "canceled", "cancelled") and not info.get("filled"):
+            self._reject(order, f"exchange answered {status}")
+            return
+        if order.type is OrderType.LIMIT and status not in _CLOSED_STATUSES:
             await self._book_fills(order, info)
-            if order.bracket is not None:
-                await self._arm_bracket(order, float(info["average"]), _time_of(info))
-        elif status in (OrderStatus.REJECTED, OrderStatus.EXPIRED, OrderStatus.CANCELLED):
-            self._reject(order, f"exchange answered {info.get('status')}")
+            self.working_entries[order.client_id] = execution
+            self._reports.append(
+                OrderUpdate(
+                    order.client_id,
+                    OrderStatus.PARTIALLY_FILLED if execution.filled_qty else OrderStatus.OPEN,
+                    _time_of(info),
+                    execution.filled_qty,
+                    execution.exchange_id,
+                )
+            )
+            return
+        if status in _CLOSED_STATUSES:
+            await self._book_fills(order, info)
+            self._report_end(order, info)
+            await self._arm_bracket_on_fills(execution)
+            self._executions.pop(order.client_id, None)
         else:
-            self._reports.append(OrderUpdate(order.client_id, status, _time_of(info)))
+            self._reports.append(OrderUpdate(order.client_id, OrderStatus.OPEN, _time_of(info)))
 
-    async def _arm_bracket(self, entry: Order, fill_price: float, fill_ms: int) -> None:
+    async def _on_entry_status(
+        self, client_id: str, execution: _Execution, info: dict[str, Any]
+    ) -> None:
+        before = execution.filled_qty
+        await self._book_fills(execution.order, info)
+        if info.get("status") in _CLOSED_STATUSES:
+            del self.working_entries[client_id]
+            self._report_end(execution.order, info)
+            await self._arm_bracket_on_fills(execution)
+            self._executions.pop(client_id, None)
+        elif execution.filled_qty > before:
+            self._reports.append(
+                OrderUpdate(
+                    client_id,
+                    OrderStatus.PARTIALLY_FILLED,
+                    execution.last_fill_ms,
+                    execution.filled_qty,
+                    execution.exchange_id,
+                )
+            )
+
+    async def _expire_entry(self, client_id: str, execution: _Execution) -> None:
+        """The limit entry's time is up: cancel the rest, arm the bracket on what filled."""
+        market = self._ex.market(execution.order.symbol)
+        try:
+            await self._call(
+                self._ex.private_delete_order,
+                {"symbol": market["id"], "origClientOrderId": client_id},
+            )
+        except ccxt.OrderNotFound:
+            pass  # filled (or gone) meanwhile: its status below says which
+        info = await self._fetch(execution.order)
+        if info is None:
+            return
+        await self._on_entry_status(client_id, execution, info)
+
+    async def _arm_bracket_on_fills(self, execution: _Execution) -> None:
+        entry = execution.order
+        if entry.bracket is None or execution.filled_qty <= 0:
+            return
+        rules = self._rules[entry.symbol]
+        base = entry.symbol.split("/")[0]
+        qty = sellable_qty(execution.filled_qty, execution.base_fee, base, base, rules.step_size)
+        await self._arm_bracket(entry, execution.average_price, execution.last_fill_ms, qty)
+
+    async def _arm_bracket(self, entry: Order, fill_price: float, fill_ms: int, qty: float) -> None:
         take_profit, stop_loss = bracket_legs(
-            entry, fill_price, fill_ms, self._rules[entry.symbol], entry.qty
+            entry, fill_price, fill_ms, self._rules[entry.symbol], qty
         )
         market = self._ex.market(entry.symbol)
         list_id = entry.client_id + "oco"
         request = {
             "symbol": market["id"],
             "side": "SELL",
-            "quantity": self._ex.amount_to_precision(entry.symbol, entry.qty),
+            "quantity": self._ex.amount_to_precision(entry.symbol, qty),
             "aboveType": "LIMIT_MAKER",
             "abovePrice": self._ex.price_to_precision(entry.symbol, take_profit.price),
             "aboveClientOrderId": take_profit.client_id,
@@ -159,6 +292,8 @@ class CcxtBroker:
                 self._reject(leg, f"{type(exc).__name__}: {exc}")
             log.error("bracket_rejected", entry_id=entry.client_id, error=str(exc))
             return
+        for leg in (take_profit, stop_loss):
+            self._executions[leg.client_id] = _Execution(leg)
         self.brackets[entry.symbol] = LiveBracket(list_id, take_profit, stop_loss)
 
     async def _cancel_bracket(self, symbol: str, time_ms: int) -> None:
@@ -176,43 +311,101 @@ class CcxtBroker:
             self.brackets[symbol] = bracket
             return
         for leg in (bracket.take_profit, bracket.stop_loss):
-            self._reports.append(OrderUpdate(leg.client_id, OrderStatus.CANCELLED, time_ms))
+            if leg.client_id in bracket.done:
+                continue
+            execution = self._executions.get(leg.client_id)
+            filled = execution.filled_qty if execution is not None else 0.0
+            self._reports.append(OrderUpdate(leg.client_id, OrderStatus.CANCELLED, time_ms, filled))
+        self._forget_legs(bracket)
+
+    def _forget_legs(self, bracket: LiveBracket) -> None:
+        for leg in (bracket.take_profit, bracket.stop_loss):
+            self._executions.pop(leg.client_id, None)
+
+    async def _fetch(self, order: Order) -> dict[str, Any] | None:
+        return await self._call(
+            self._ex.fetch_order, None, order.symbol, {"origClientOrderId": order.client_id}
+        )
 
     async def _book_fills(self, order: Order, info: dict[str, Any]) -> None:
+        """Report the order's fills not reported yet, with the exchange's fee and fee asset."""
+        execution = self._executions.setdefault(order.client_id, _Execution(order))
+        if info.get("id") is not None:
+            execution.exchange_id = info["id"]
+        filled = float(info.get("filled") or 0.0)
+        if filled <= execution.filled_qty * (1 + _QTY_REL_EPS):
+            return
         trades = info.get("trades") or []
-        if not trades and info.get("id") is not None:
+        if not trades and execution.exchange_id is not None:
             trades = await self._call(
-                self._ex.fetch_my_trades, order.symbol, None, None, {"orderId": info["id"]}
+                self._ex.fetch_my_trades,
+                order.symbol,
+                None,
+                None,
+                {"orderId": execution.exchange_id},
             )
-        if not trades:  # no per-trade detail: one fill at the average price
+        if not trades:  # no per-trade detail: one fill of the rest at the average price
             trades = [
                 {
-                    "id": f"{info.get('id')}-avg",
+                    "id": f"{info.get('id')}-{filled}",
                     "price": info["average"],
-                    "amount": info["filled"],
+                    "amount": filled - execution.filled_qty,
                     "timestamp": _time_of(info),
                     "fee": info.get("fee"),
                     "takerOrMaker": None,
                 }
             ]
+        base = order.symbol.split("/")[0]
         for trade in trades:
+            trade_id = str(trade.get("id"))
+            if trade_id in execution.trade_ids:
+                continue
+            execution.trade_ids.add(trade_id)
             fee = trade.get("fee") or {}
+            qty, price = float(trade["amount"]), float(trade["price"])
+            fee_cost = float(fee.get("cost") or 0.0)
+            fee_asset = str(fee.get("currency") or "USDT")
+            time_ms = int(trade.get("timestamp") or _time_of(info))
+            execution.filled_qty += qty
+            execution.cost += qty * price
+            execution.last_fill_ms = max(execution.last_fill_ms, time_ms)
+            if fee_asset == base:
+                execution.base_fee += fee_cost
             self._reports.append(
                 Fill(
                     order.client_id,
                     order.symbol,
                     order.side,
-                    float(trade["amount"]),
-                    float(trade["price"]),
-                    float(fee.get("cost") or 0.0),
-                    str(fee.get("currency") or "USDT"),
-                    int(trade.get("timestamp") or _time_of(info)),
+                    qty,
+                    price,
+                    fee_cost,
+                    fee_asset,
+                    time_ms,
                     trade.get("takerOrMaker")
                     or ("maker" if order.type is OrderType.LIMIT else "taker"),
-                    str(trade.get("id")),
+                    trade_id,
                     order.reason,
                 )
             )
+
+    def _report_end(self, order: Order, info: dict[str, Any]) -> None:
+        """The order is closed on the exchange. A complete fill needs no update (the engine
+        sees it from the fills); anything else says how it ended and how much it filled."""
+        execution = self._executions.get(order.client_id)
+        filled = execution.filled_qty if execution is not None else 0.0
+        if filled >= order.qty * (1 - _QTY_REL_EPS):
+            return
+        status = _STATUS.get(info.get("status") or "", OrderStatus.CANCELLED)
+        time_ms = int(info.get("lastUpdateTimestamp") or _time_of(info))
+        self._reports.append(
+            OrderUpdate(
+                order.client_id,
+                status,
+                time_ms,
+                filled,
+                execution.exchange_id if execution is not None else None,
+            )
+        )
 
     def _reject(self, order: Order, why: str) -> None:
         log.warning("order_rejected_by_exchange", client_id=order.client_id, reason=why)

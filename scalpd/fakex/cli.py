@@ -119,7 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATE",
         help="start trading at this UTC date/time; earlier bars are history",
     )
-    parser.add_argument("--fee-bps", type=float, default=10.0)
+    parser.add_argument(
+        "--fee-bps", type=float, default=10.0, help="maker and taker fee, bps (default 10)"
+    )
+    parser.add_argument("--maker-fee-bps", type=float, help="maker fee, bps (default --fee-bps)")
+    parser.add_argument("--taker-fee-bps", type=float, help="taker fee, bps (default --fee-bps)")
+    parser.add_argument(
+        "--bnb-fees",
+        action="store_true",
+        help="pay fees in BNB (25%% off, at --bnb-price-usdt) while the BNB balance lasts",
+    )
+    parser.add_argument("--bnb-price-usdt", type=float, default=600.0)
+    parser.add_argument(
+        "--limit-queue",
+        choices=("through", "touch"),
+        default="through",
+        help="a resting limit fills when the price trades through it (default) or touches it",
+    )
+    parser.add_argument(
+        "--max-participation",
+        type=float,
+        default=0.1,
+        help="largest share of a bar's volume a resting limit order fills (default 0.1; 0: all)",
+    )
     parser.add_argument(
         "--balance",
         action="append",
@@ -158,6 +180,12 @@ def _exchange_from_args(args: argparse.Namespace) -> tuple[FakeExchange, str]:
         fee_bps=args.fee_bps,
         start_index=start_index,
         bar_interval_s=args.bar_interval_s,
+        maker_fee_bps=args.maker_fee_bps,
+        taker_fee_bps=args.taker_fee_bps,
+        bnb_fees=args.bnb_fees,
+        bnb_price_usdt=args.bnb_price_usdt,
+        limit_queue=args.limit_queue,
+        max_participation=args.max_participation or None,
     )
     first = datetime.fromtimestamp(int(times[start_index]) / 1000, UTC)
     about = (

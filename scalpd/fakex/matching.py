@@ -3,26 +3,45 @@
 Fill rules (the replay simulator fills the same way, so a live run against the fake and a
 replay of the same bars agree):
 - The "current bar" is the one after the last closed bar. A MARKET order fills at once,
-  completely, at the current bar's open.
-- Resting orders are evaluated when the current bar closes, against its open/high/low; orders
-  placed during the bar are evaluated against it.
-  - LIMIT / LIMIT_MAKER / TAKE_PROFIT sell at P: fills when high >= P, at max(P, open);
-    the buy side mirrors it (low <= P, at min(P, open)).
-  - STOP_LOSS sell at stop S: triggers when low <= S, fills at min(S, open); the buy side
-    mirrors it (high >= S, at max(S, open)).
+  completely, at the current bar's open, as a taker. So does a LIMIT order that is marketable
+  when it arrives (a buy at or above the open, a sell at or below it).
+- Resting orders are evaluated when the current bar closes, against its open/high/low/volume;
+  orders placed during the bar are evaluated against it.
+  - LIMIT / LIMIT_MAKER rest in the book's queue: with `limit_queue="through"` (the default) a
+    sell at P fills only when the high trades above P (a buy: the low below P), because orders
+    ahead of ours at P may take all the volume traded at P; `"touch"` (high >= P) assumes the
+    front of the queue. They fill at P, as a maker, and at most `max_participation` of the
+    bar's volume (floored to the lot step) each bar: the rest stays on the book
+    (PARTIALLY_FILLED) for the next bars.
+  - STOP_LOSS sell at stop S: triggers when low <= S, fills completely at min(S, open) as a
+    taker; the buy side mirrors it (high >= S, at max(S, open)). TAKE_PROFIT (a stop-market
+    triggered by a favourable move) fills at max(S, open) for a sell.
   - STOP_LOSS_LIMIT / TAKE_PROFIT_LIMIT: the trigger above turns them into a LIMIT at their
     price, which is evaluated from the next bar on (a minute bar cannot say whether the limit
-    was reachable after the trigger within the bar).
+    was reachable after the trigger within the bar), at max(P, open) for a sell: the limit was
+    marketable when it appeared.
   - An OCO is evaluated stop leg first: when one bar touches both legs the stop wins (a minute
     bar does not say which came first; the worse outcome is the honest one) and the other leg
-    is EXPIRED, as Binance reports it. An OCO locks its quantity once, not once per leg.
-- Fees: `fee_bps / 1e4 * quote notional` on every fill, charged in the market's QUOTE asset
-  (USDT for BTC/USDT) whatever the side. Binance charges a buy in the base asset; a quote-only
-  fee keeps the base position equal to the bought quantity, which is what the replay models.
+    is EXPIRED, as Binance reports it. When the limit leg fills only in part, the stop leg is
+    EXPIRED at once and the rest of the limit leg keeps resting (Binance's OCO rule). An OCO
+    locks its quantity once, not once per leg, and is rejected (-2010, insufficient balance)
+    when the free base balance is below its quantity.
+- Fees, as Binance charges them (`FeeSchedule`): maker or taker rate on the fill's notional,
+  taken from the asset the fill RECEIVES: the base asset on a buy (the account gets
+  qty - fee), the quote asset on a sell. With `bnb=True` the fee is `1 - bnb_discount` of that
+  value, paid in BNB at the fixed `bnb_price_usdt` (BNB's price moves are not modelled); when
+  the free BNB balance cannot pay it, the fill pays the normal fee in the normal asset, as
+  Binance falls back. A buy locks price * qty of the quote asset, fee not included (it is paid
+  from what is received).
+
+Differences from the replay simulator, by design: none in the rules above; the simulator adds
+slippage and latency to taker fills, which the fake does not model (its market orders meet the
+open exactly), so a lock-step comparison sets those to zero.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +63,7 @@ OPEN_STATUSES = frozenset({"NEW", "PARTIALLY_FILLED"})
 
 # Filter bounds Binance publishes besides the ones FakeMarket carries.
 MAX_PRICE = Decimal("10000000")
-MAX_QTY = Decimal("9000000")
+MAX_QTY = Decimal("9000000")  # MARKET_LOT_SIZE's
 MAX_NOTIONAL = Decimal("9000000")
 
 # Balances are floats (as in the replay); this absorbs their rounding in comparisons.
@@ -83,6 +102,7 @@ class FakeMarket:
     step_size: float = 0.00001
     min_qty: float = 0.00001
     min_notional: float = 5.0
+    max_qty: float = 9_000_000.0  # LOT_SIZE maxQty
 
     @property
     def base(self) -> str:
@@ -103,6 +123,29 @@ class BarPrices(NamedTuple):
     high: float
     low: float
     close: float
+    volume: float = math.inf  # base units traded; caps resting limit fills (participation)
+
+
+LimitQueue = Literal["through", "touch"]
+
+
+@dataclass(frozen=True)
+class FeeSchedule:
+    """The account's fee rates, as Binance charges them (see the module docstring)."""
+
+    maker_bps: float = 10.0
+    taker_bps: float = 10.0
+    bnb: bool = False  # pay fees in BNB ("use BNB to pay for fees")
+    bnb_price_usdt: float = 600.0  # fixed conversion price: BNB's moves are not modelled
+    bnb_discount: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.maker_bps < 0 or self.taker_bps < 0:
+            raise ValueError("fee rates must not be negative")
+        if self.bnb_price_usdt <= 0:
+            raise ValueError("bnb_price_usdt must be positive")
+        if not 0 <= self.bnb_discount < 1:
+            raise ValueError("bnb_discount must be in [0, 1)")
 
 
 class Outcome(NamedTuple):
@@ -131,11 +174,30 @@ def adverse_touch(side: str, level: float, bar: BarPrices) -> float | None:
     return max(level, bar.open) if bar.high >= level else None
 
 
+def queued_limit_fill(side: str, level: float, bar: BarPrices, queue: LimitQueue) -> float | None:
+    """Fill price of a limit order resting in the book's queue at `level`: its own price (the
+    maker's price), once the bar trades through it ("through") or reaches it ("touch")."""
+    if side == SELL:
+        hit = bar.high > level if queue == "through" else bar.high >= level
+    else:
+        hit = bar.low < level if queue == "through" else bar.low <= level
+    return level if hit else None
+
+
 def evaluate(
-    order_type: str, side: str, price: float, stop_price: float, triggered: bool, bar: BarPrices
+    order_type: str,
+    side: str,
+    price: float,
+    stop_price: float,
+    triggered: bool,
+    bar: BarPrices,
+    queue: LimitQueue = "through",
 ) -> Outcome | None:
     """What `bar` does to one resting order (None: nothing)."""
-    if order_type in LIMIT_TYPES or (order_type in TRIGGERED_LIMIT_TYPES and triggered):
+    if order_type in LIMIT_TYPES:
+        hit = queued_limit_fill(side, price, bar, queue)
+        return None if hit is None else Outcome("fill", hit)
+    if order_type in TRIGGERED_LIMIT_TYPES and triggered:
         hit = favourable_touch(side, price, bar)
         return None if hit is None else Outcome("fill", hit)
     if order_type in STOP_TYPES:
@@ -156,8 +218,35 @@ def oco_legs_in_priority(legs: Iterable[Order]) -> list[Order]:
     return sorted(legs, key=lambda leg: 0 if leg.type in STOP_TYPES else 1)
 
 
-def fee_quote(notional: float, fee_bps: float) -> float:
-    return notional * fee_bps / 1e4
+def commission(
+    side: str,
+    qty: float,
+    price: float,
+    is_maker: bool,
+    market: FakeMarket,
+    fees: FeeSchedule,
+    bnb_free: float,
+) -> tuple[float, str]:
+    """(amount, asset) of the fee on one fill, Binance's way: in BNB when the account pays in
+    BNB and has enough free BNB, else in the asset the fill receives."""
+    bps = fees.maker_bps if is_maker else fees.taker_bps
+    notional = qty * price
+    if fees.bnb:
+        in_bnb = notional * bps / 1e4 * (1 - fees.bnb_discount) / fees.bnb_price_usdt
+        if bnb_free >= in_bnb - _BALANCE_EPS:
+            return in_bnb, "BNB"
+    if side == BUY:
+        return qty * bps / 1e4, market.base
+    return notional * bps / 1e4, market.quote
+
+
+def participation_cap(volume: float, max_participation: float | None, market: FakeMarket) -> float:
+    """Most a resting limit order can fill in a bar of `volume`: a share of what traded, in
+    whole lot steps."""
+    if max_participation is None or math.isinf(volume):
+        return math.inf
+    cap = floor_to_step(to_decimal(max(volume, 0.0) * max_participation), market)
+    return float(cap)
 
 
 # -- filters (Decimal, exactly as the exchange checks strings) ----------------------------------
@@ -177,7 +266,7 @@ def check_price_filter(market: FakeMarket, price: Decimal) -> None:
 def check_lot_size(market: FakeMarket, qty: Decimal) -> None:
     min_qty = to_decimal(market.min_qty)
     step = to_decimal(market.step_size)
-    if qty < min_qty or qty > MAX_QTY or (qty - min_qty) % step != 0:
+    if qty < min_qty or qty > to_decimal(market.max_qty) or (qty - min_qty) % step != 0:
         raise ApiError(-1013, "Filter failure: LOT_SIZE")
 
 
@@ -376,14 +465,26 @@ class MatchingEngine:
     """Orders, fills and balances of one account. The caller supplies prices and times."""
 
     def __init__(
-        self, markets: Mapping[str, FakeMarket], balances: Mapping[str, float], fee_bps: float
+        self,
+        markets: Mapping[str, FakeMarket],
+        balances: Mapping[str, float],
+        fees: FeeSchedule | None = None,
+        *,
+        limit_queue: LimitQueue = "through",
+        max_participation: float | None = None,
     ) -> None:
+        if limit_queue not in ("through", "touch"):
+            raise ValueError(f"limit_queue must be 'through' or 'touch', not {limit_queue!r}")
+        if max_participation is not None and not 0 < max_participation <= 1:
+            raise ValueError("max_participation must be in (0, 1], or None for no cap")
         self.markets = {m.market_id: m for m in markets.values()}
         self.ledger = Ledger(balances)
         for market in self.markets.values():
             self.ledger.ensure(market.base)
             self.ledger.ensure(market.quote)
-        self.fee_bps = fee_bps
+        self.fees = fees or FeeSchedule()
+        self.limit_queue: LimitQueue = limit_queue
+        self.max_participation = max_participation
         self.orders: list[Order] = []
         self.order_lists: list[OrderList] = []
         self.fills: list[Fill] = []
@@ -431,6 +532,10 @@ class MatchingEngine:
             self._execute(order, last_price, now_ms, is_maker=False)
         elif immediate:
             self._execute_or_expire_now(order, last_price, now_ms)
+        elif req.type == "LIMIT" and _marketable(order, last_price):
+            # It takes what rests on the other side: the open, as a taker, in full.
+            assert last_price is not None
+            self._execute(order, last_price, now_ms, is_maker=False)
         return order
 
     def place_oco(self, req: OcoRequest, *, last_price: float | None, now_ms: int) -> OrderList:
@@ -573,33 +678,57 @@ class MatchingEngine:
                 changed += self._evaluate_single(order, bar, close_time_ms)
         return changed
 
-    def _evaluate_single(self, order: Order, bar: BarPrices, time_ms: int) -> list[Order]:
-        outcome = evaluate(
-            order.type, order.side, order.price, order.stop_price, order.triggered, bar
+    def _outcome(self, order: Order, bar: BarPrices) -> Outcome | None:
+        return evaluate(
+            order.type,
+            order.side,
+            order.price,
+            order.stop_price,
+            order.triggered,
+            bar,
+            self.limit_queue,
         )
+
+    def _fill_on_bar(self, order: Order, price: float, bar: BarPrices, time_ms: int) -> bool:
+        """Fill what `bar` lets `order` fill at `price`; False when its volume allows none."""
+        if order.type not in LIMIT_TYPES:
+            self._execute(order, price, time_ms, is_maker=_rests_as_limit(order))
+            return True
+        market = self.markets[order.market_id]
+        cap = participation_cap(bar.volume, self.max_participation, market)
+        qty = min(order.qty - order.executed_qty, cap)
+        if qty <= _BALANCE_EPS:
+            return False
+        self._execute(order, price, time_ms, is_maker=True, qty=qty)
+        return True
+
+    def _evaluate_single(self, order: Order, bar: BarPrices, time_ms: int) -> list[Order]:
+        outcome = self._outcome(order, bar)
         if outcome is None:
             return []
         if outcome.kind == "trigger":
             order.triggered = True
             order.update_time_ms = time_ms
-        else:
-            self._execute(order, outcome.price, time_ms, is_maker=_rests_as_limit(order))
+        elif not self._fill_on_bar(order, outcome.price, bar, time_ms):
+            return []
         return [order]
 
     def _evaluate_list(self, order_list: OrderList, bar: BarPrices, time_ms: int) -> list[Order]:
         open_legs = [leg for leg in order_list.legs if leg.is_open]
         for leg in oco_legs_in_priority(open_legs):
-            outcome = evaluate(leg.type, leg.side, leg.price, leg.stop_price, leg.triggered, bar)
+            outcome = self._outcome(leg, bar)
             if outcome is None:
                 continue
             others = [o for o in open_legs if o is not leg]
-            for other in others:
-                self._close(other, "EXPIRED", time_ms, release=False)
             if outcome.kind == "trigger":
                 leg.triggered = True
                 leg.update_time_ms = time_ms
-            else:
-                self._execute(leg, outcome.price, time_ms, is_maker=_rests_as_limit(leg))
+            elif not self._fill_on_bar(leg, outcome.price, bar, time_ms):
+                continue
+            # Any execution of one leg, even in part, expires the other (Binance's OCO rule).
+            for other in others:
+                self._close(other, "EXPIRED", time_ms, release=False)
+            if not leg.is_open:
                 order_list.list_status_type = "ALL_DONE"
                 order_list.list_order_status = "ALL_DONE"
             return [leg, *others]
@@ -637,18 +766,14 @@ class MatchingEngine:
             raise ApiError(-2010, MSG_DUPLICATE)
 
     def _check_can_pay_now(self, market: FakeMarket, side: str, qty: float, price: float) -> None:
-        if side == BUY:
-            cost = qty * price
-            ok = self.ledger.has_free(market.quote, cost + fee_quote(cost, self.fee_bps))
-        else:
-            ok = self.ledger.has_free(market.base, qty)
-        if not ok:
+        asset, amount = (market.quote, qty * price) if side == BUY else (market.base, qty)
+        if not self.ledger.has_free(asset, amount):
             raise ApiError(-2010, MSG_INSUFFICIENT)
 
     def _reserve(self, market: FakeMarket, side: str, qty: float, price: float) -> Reservation:
+        # The fee is paid from what the fill receives (or in BNB), so it is not locked.
         if side == BUY:
-            cost = qty * price
-            return self.ledger.reserve(market.quote, cost + fee_quote(cost, self.fee_bps))
+            return self.ledger.reserve(market.quote, qty * price)
         return self.ledger.reserve(market.base, qty)
 
     def _check_oco_client_ids(self, req: OcoRequest) -> None:
@@ -718,22 +843,41 @@ class MatchingEngine:
         else:
             self._close(order, "EXPIRED", now_ms)
 
-    def _execute(self, order: Order, price: float, time_ms: int, *, is_maker: bool) -> None:
-        """Fill the whole order at `price`, settle balances and record the trade."""
+    def _execute(
+        self,
+        order: Order,
+        price: float,
+        time_ms: int,
+        *,
+        is_maker: bool,
+        qty: float | None = None,
+    ) -> None:
+        """Fill `qty` of the order (default: all that is left) at `price`, settle balances and
+        record the trade; a remainder stays on the book with its share of the lock."""
         market = self.markets[order.market_id]
         self.ledger.release(order.reservation)
-        notional = order.qty * price
-        fee = fee_quote(notional, self.fee_bps)
+        remaining = order.qty - order.executed_qty
+        qty = remaining if qty is None or qty >= remaining - _BALANCE_EPS else qty
+        notional = qty * price
         if order.side == BUY:
             # A buy stop that gapped above its reserve can cost more than was locked.
-            if not self.ledger.has_free(market.quote, notional + fee):
+            if not self.ledger.has_free(market.quote, notional):
                 self._close(order, "EXPIRED", time_ms)
                 return
-            self.ledger.add(market.quote, -(notional + fee))
-            self.ledger.add(market.base, order.qty)
+        fee, fee_asset = commission(
+            order.side, qty, price, is_maker, market, self.fees, self.ledger.free.get("BNB", 0.0)
+        )
+        received = market.base if order.side == BUY else market.quote
+        net_received = qty if order.side == BUY else notional
+        if fee_asset == received:
+            net_received -= fee
         else:
-            self.ledger.add(market.base, -order.qty)
-            self.ledger.add(market.quote, notional - fee)
+            self.ledger.add(fee_asset, -fee)
+        if order.side == BUY:
+            self.ledger.add(market.quote, -notional)
+        else:
+            self.ledger.add(market.base, -qty)
+        self.ledger.add(received, net_received)
         fill = Fill(
             trade_id=self._next_trade_id,
             order_id=order.order_id,
@@ -741,18 +885,25 @@ class MatchingEngine:
             market_id=order.market_id,
             side=order.side,
             price=price,
-            qty=order.qty,
+            qty=qty,
             commission=fee,
-            commission_asset=market.quote,
+            commission_asset=fee_asset,
             time_ms=time_ms,
             is_maker=is_maker,
         )
         self._next_trade_id += 1
         self.fills.append(fill)
         order.fills.append(fill)
-        order.executed_qty = order.qty
-        order.cum_quote_qty = notional
-        self._close(order, "FILLED", time_ms)
+        order.executed_qty += qty
+        order.cum_quote_qty += notional
+        left = order.qty - order.executed_qty
+        if left > _BALANCE_EPS:
+            order.status = "PARTIALLY_FILLED"
+            order.update_time_ms = time_ms
+            order.reservation = self._reserve(market, order.side, left, order.price or price)
+        else:
+            order.executed_qty = order.qty  # no float crumbs left on a filled order
+            self._close(order, "FILLED", time_ms)
 
     def _close(self, order: Order, status: str, time_ms: int, *, release: bool = True) -> None:
         order.status = status
@@ -851,6 +1002,12 @@ def _leg_reference_price(leg: OcoLegRequest) -> Decimal:
     price = leg.stop_price if leg.stop_price is not None else leg.price
     assert price is not None
     return price
+
+
+def _marketable(order: Order, last_price: float | None) -> bool:
+    if last_price is None:
+        return False
+    return order.price >= last_price if order.side == BUY else order.price <= last_price
 
 
 def _rests_as_limit(order: Order) -> bool:

@@ -31,6 +31,8 @@ from scalpd.fakex import wire
 from scalpd.fakex.matching import (
     ApiError,
     FakeMarket,
+    FeeSchedule,
+    LimitQueue,
     MatchingEngine,
     OrderList,
     mandatory,
@@ -111,6 +113,12 @@ class FakeExchange:
     closed history, served by /klines. With `bar_interval_s` None the caller closes bars with
     `await step()`; with a number of seconds the server steps by itself from `start()` on.
 
+    Fees (`scalpd.fakex.matching` has the rules): `fee_bps` sets the maker and the taker rate,
+    `maker_fee_bps` / `taker_fee_bps` override either; `bnb_fees=True` pays them in BNB at
+    `bnb_price_usdt` with `bnb_discount` off (falling back to the received asset when BNB is
+    short). Resting limit orders fill by `limit_queue` ("through" or "touch") and at most
+    `max_participation` of a bar's volume (None: no cap), as the replay simulator fills them.
+
     Inspection: `orders` and `trades` (as Binance's JSON shows them), `balances` (free + locked
     per asset), `requests` ((method, path) of every HTTP request, WebSocket opens included),
     `unknown_requests` (paths answered 404), `subscriptions`, `current_index`.
@@ -127,6 +135,13 @@ class FakeExchange:
         fee_bps: float = 10.0,
         start_index: int = 0,
         bar_interval_s: float | None = None,
+        maker_fee_bps: float | None = None,
+        taker_fee_bps: float | None = None,
+        bnb_fees: bool = False,
+        bnb_price_usdt: float = 600.0,
+        bnb_discount: float = 0.25,
+        limit_queue: LimitQueue = "through",
+        max_participation: float | None = 0.1,
     ) -> None:
         markets = dict(markets or {})
         symbol_bars: dict[str, SymbolBars] = {}
@@ -140,14 +155,22 @@ class FakeExchange:
             raise ValueError(f"start_index {start_index} outside 0..{len(self._timeline)}")
         if bar_interval_s is not None and bar_interval_s <= 0:
             raise ValueError("bar_interval_s must be positive (or None for manual stepping)")
+        self.fees = FeeSchedule(
+            maker_bps=fee_bps if maker_fee_bps is None else maker_fee_bps,
+            taker_bps=fee_bps if taker_fee_bps is None else taker_fee_bps,
+            bnb=bnb_fees,
+            bnb_price_usdt=bnb_price_usdt,
+            bnb_discount=bnb_discount,
+        )
         self._engine = MatchingEngine(
             {s.market.symbol: s.market for s in symbol_bars.values()},
             {"USDT": 10_000.0} if balances is None else balances,
-            fee_bps,
+            self.fees,
+            limit_queue=limit_queue,
+            max_participation=max_participation,
         )
         self._api_key = api_key
         self._api_secret = api_secret
-        self._fee_bps = fee_bps
         self._bar_interval_s = bar_interval_s
         self.current_index = start_index
         self.requests: list[tuple[str, str]] = []
@@ -573,7 +596,7 @@ class FakeExchange:
         return [wire.order_status(o) for o in orders[:limit]]
 
     async def _account(self, params: Params) -> Json:
-        out = wire.account(self._engine.ledger, self._fee_bps, self.server_time_ms)
+        out = wire.account(self._engine.ledger, self.fees, self.server_time_ms)
         if params.get("omitZeroBalances") == "true":
             out["balances"] = [b for b in out["balances"] if float(b["free"]) or float(b["locked"])]
         return out

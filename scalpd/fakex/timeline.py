@@ -35,7 +35,7 @@ class Kline(NamedTuple):
 
     @property
     def prices(self) -> BarPrices:
-        return BarPrices(self.open, self.high, self.low, self.close)
+        return BarPrices(self.open, self.high, self.low, self.close, self.volume)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from scalpd.fakex.matching import (
     TAKE_PROFIT_TYPES,
     ApiError,
     FakeMarket,
+    FeeSchedule,
     Fill,
     Ledger,
     OcoLegRequest,
@@ -103,7 +104,7 @@ def symbol_info(market: FakeMarket) -> Json:
             {
                 "filterType": "LOT_SIZE",
                 "minQty": fmt_filter(market.min_qty),
-                "maxQty": fmt_filter(MAX_QTY),
+                "maxQty": fmt_filter(market.max_qty),
                 "stepSize": fmt_filter(market.step_size),
             },
             {
@@ -207,16 +208,15 @@ def trade_event(market_id: str, k: Kline, *, aggregate: bool) -> Json:
 # -- account and orders ------------------------------------------------------------------------
 
 
-def account(ledger: Ledger, fee_bps: float, update_time_ms: int) -> Json:
-    commission = fmt(fee_bps / 1e4)
+def account(ledger: Ledger, fees: FeeSchedule, update_time_ms: int) -> Json:
     return {
-        "makerCommission": round(fee_bps),
-        "takerCommission": round(fee_bps),
+        "makerCommission": round(fees.maker_bps),
+        "takerCommission": round(fees.taker_bps),
         "buyerCommission": 0,
         "sellerCommission": 0,
         "commissionRates": {
-            "maker": commission,
-            "taker": commission,
+            "maker": fmt(fees.maker_bps / 1e4),
+            "taker": fmt(fees.taker_bps / 1e4),
             "buyer": fmt(0),
             "seller": fmt(0),
         },

@@ -90,9 +90,15 @@ def market_rules(exchange: ccxt.Exchange, symbol: str) -> MarketRules:
     price = info.get("PRICE_FILTER", {})
     lot = info.get("LOT_SIZE", {})
     notional = info.get("NOTIONAL") or info.get("MIN_NOTIONAL") or {}
+    extra: dict[str, float] = {}
+    max_qty = lot.get("maxQty", market["limits"]["amount"]["max"])
+    # MarketRules gains max_qty with the simulator's max-quantity check; read it once it has.
+    if "max_qty" in MarketRules.model_fields and max_qty is not None:
+        extra["max_qty"] = float(max_qty)
     return MarketRules(
         tick_size=float(price.get("tickSize", market["precision"]["price"])),
         step_size=float(lot.get("stepSize", market["precision"]["amount"])),
         min_qty=float(lot.get("minQty", market["limits"]["amount"]["min"] or 0) or 1e-12),
         min_notional_usdt=float(notional.get("minNotional", market["limits"]["cost"]["min"] or 0)),
+        **extra,
     )

@@ -13,7 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scalpd.fakex.cli import main, parse_balances, symbol_from_filename
+from scalpd.fakex import FakeExchange
+from scalpd.fakex.cli import (
+    _exchange_from_args,
+    build_parser,
+    main,
+    parse_balances,
+    symbol_from_filename,
+)
+from scalpd.fakex.matching import FeeSchedule
 from scalpd.fakex.testing import DEFAULT_START_MS, random_walk_bars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,3 +95,25 @@ def test_serves_by_hand_until_signalled(tmp_path: Path, stop_signal: signal.Sign
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_fee_and_fill_flags(tmp_path: Path) -> None:
+    data = tmp_path / "BTCUSDT-1m.parquet"
+    pq.write_table(pa.table(random_walk_bars(3)), data)
+
+    def exchange(*flags: str) -> FakeExchange:
+        fx, _ = _exchange_from_args(build_parser().parse_args(["--data", str(data), *flags]))
+        return fx
+
+    default = exchange()
+    assert default.fees == FeeSchedule(maker_bps=10.0, taker_bps=10.0, bnb=False)
+    assert default._engine.limit_queue == "through"
+    assert default._engine.max_participation == 0.1
+    both = exchange("--fee-bps", "7.5")
+    assert (both.fees.maker_bps, both.fees.taker_bps) == (7.5, 7.5)
+    vip3 = exchange(
+        "--fee-bps", "9", "--maker-fee-bps", "4.2", "--taker-fee-bps", "6", "--bnb-fees",
+        "--bnb-price-usdt", "550", "--limit-queue", "touch", "--max-participation", "0.25",
+    )  # fmt: skip
+    assert vip3.fees == FeeSchedule(4.2, 6.0, bnb=True, bnb_price_usdt=550.0)
+    assert vip3._engine.limit_queue == "touch" and vip3._engine.max_participation == 0.25

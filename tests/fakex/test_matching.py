@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -10,6 +12,7 @@ from scalpd.fakex.matching import (
     ApiError,
     BarPrices,
     FakeMarket,
+    FeeSchedule,
     MatchingEngine,
     OcoLegRequest,
     OcoRequest,
@@ -29,12 +32,16 @@ BTC = FakeMarket()
 T0 = 1_704_067_200_000
 
 
-def bar(o: float, h: float, lo: float, c: float) -> BarPrices:
-    return BarPrices(o, h, lo, c)
+def bar(o: float, h: float, lo: float, c: float, volume: float = math.inf) -> BarPrices:
+    return BarPrices(o, h, lo, c, volume)
 
 
-def engine(usdt: float = 10_000.0, btc: float = 0.0, fee_bps: float = 10.0) -> MatchingEngine:
-    return MatchingEngine({"BTC/USDT": BTC}, {"USDT": usdt, "BTC": btc}, fee_bps)
+def engine(
+    usdt: float = 10_000.0, btc: float = 0.0, fee_bps: float = 10.0, **kw: Any
+) -> MatchingEngine:
+    return MatchingEngine(
+        {"BTC/USDT": BTC}, {"USDT": usdt, "BTC": btc}, FeeSchedule(fee_bps, fee_bps), **kw
+    )
 
 
 def order(side: str, type_: str, qty: str = "1", **kw: str) -> OrderRequest:
@@ -125,28 +132,35 @@ def test_numeric_parameters_must_be_plain_decimals() -> None:
 # -- the engine --------------------------------------------------------------------------------
 
 
-def test_market_buy_then_sell_move_balances_and_charge_quote_fees() -> None:
+def test_market_buy_then_sell_charge_the_fee_in_the_asset_received() -> None:
     eng = engine(usdt=30_000.0)
     buy = eng.place_order(order("BUY", "MARKET", "0.5"), last_price=40_000.0, now_ms=T0)
     assert buy.status == "FILLED" and buy.cum_quote_qty == pytest.approx(20_000.0)
-    assert buy.fills[0].commission == pytest.approx(20.0)  # 10 bps of 20 000 USDT
-    assert buy.fills[0].commission_asset == "USDT"
-    assert eng.ledger.free["USDT"] == pytest.approx(30_000 - 20_000 - 20)
-    assert eng.ledger.free["BTC"] == pytest.approx(0.5)  # the fee is not taken from the base
-    sell = eng.place_order(order("SELL", "MARKET", "0.5"), last_price=41_000.0, now_ms=T0 + 60_000)
+    assert buy.fills[0].commission == pytest.approx(0.0005)  # 10 bps of 0.5 BTC
+    assert buy.fills[0].commission_asset == "BTC"
+    assert eng.ledger.free["USDT"] == pytest.approx(30_000 - 20_000)
+    assert eng.ledger.free["BTC"] == pytest.approx(0.4995)
+    with pytest.raises(ApiError) as err:  # the fee is gone: 0.5 cannot be sold any more
+        eng.place_order(order("SELL", "MARKET", "0.5"), last_price=41_000.0, now_ms=T0)
+    assert err.value.code == -2010
+    sell = eng.place_order(
+        order("SELL", "MARKET", "0.4995"), last_price=41_000.0, now_ms=T0 + 60_000
+    )
     assert sell.fills[0].price == 41_000.0
+    assert sell.fills[0].commission == pytest.approx(20.4795)  # 10 bps of 20 479.5 USDT
+    assert sell.fills[0].commission_asset == "USDT"
     assert eng.ledger.free["BTC"] == pytest.approx(0.0)
-    assert eng.ledger.free["USDT"] == pytest.approx(9_980 + 20_500 - 20.5)
+    assert eng.ledger.free["USDT"] == pytest.approx(10_000 + 20_479.5 - 20.4795)
 
 
-def test_resting_limit_buy_locks_quote_with_fee_and_releases_on_cancel() -> None:
+def test_resting_limit_buy_locks_its_quote_value_and_releases_on_cancel() -> None:
     eng = engine(usdt=1_000.0)
     limit = eng.place_order(
         order("BUY", "LIMIT", "0.01", price="90000", time_in_force="GTC"),
         last_price=95_000.0,
         now_ms=T0,
     )
-    assert eng.ledger.locked["USDT"] == pytest.approx(900 * 1.001)
+    assert eng.ledger.locked["USDT"] == pytest.approx(900)  # the fee comes out of the BTC
     with pytest.raises(ApiError) as err:  # the rest is not enough for another
         eng.place_order(
             order("BUY", "LIMIT", "0.01", price="90000", time_in_force="GTC"),
@@ -160,17 +174,84 @@ def test_resting_limit_buy_locks_quote_with_fee_and_releases_on_cancel() -> None
     assert eng.ledger.free["USDT"] == pytest.approx(1_000.0)
 
 
-def test_limit_buy_fills_on_the_bar_it_was_placed_in_at_the_better_open() -> None:
+def test_resting_limit_buy_fills_at_its_own_price_once_the_price_trades_through() -> None:
     eng = engine()
     limit = eng.place_order(
         order("BUY", "LIMIT", "0.1", price="100", time_in_force="GTC"), last_price=101.0, now_ms=T0
     )
     assert eng.close_bar("BTCUSDT", bar(101, 102, 100.5, 101), T0 + 60_000) == []
-    assert eng.close_bar("BTCUSDT", bar(99, 100, 98, 99.5), T0 + 120_000) == [limit]
-    assert limit.status == "FILLED" and limit.fills[0].price == 99.0
-    assert limit.fills[0].is_maker and limit.fills[0].time_ms == T0 + 120_000
+    assert eng.close_bar("BTCUSDT", bar(101, 102, 100, 101), T0 + 120_000) == []  # touched only
+    # Opened below the limit: sellers hit our better bid first, at our price, not the open.
+    assert eng.close_bar("BTCUSDT", bar(99, 100, 98, 99.5), T0 + 180_000) == [limit]
+    assert limit.status == "FILLED" and limit.fills[0].price == 100.0
+    assert limit.fills[0].is_maker and limit.fills[0].time_ms == T0 + 180_000
     assert eng.ledger.locked["USDT"] == 0.0
-    assert eng.ledger.free["USDT"] == pytest.approx(10_000 - 9.9 - 0.0099)
+    assert eng.ledger.free["USDT"] == pytest.approx(10_000 - 10.0)
+    assert eng.ledger.free["BTC"] == pytest.approx(0.1 - 0.0001)  # maker 10 bps of 0.1 BTC
+
+
+def test_touch_queue_fills_a_limit_the_bar_only_reaches() -> None:
+    eng = engine(limit_queue="touch")
+    limit = eng.place_order(
+        order("BUY", "LIMIT", "0.1", price="100", time_in_force="GTC"), last_price=101.0, now_ms=T0
+    )
+    assert eng.close_bar("BTCUSDT", bar(101, 102, 100, 101), T0 + 60_000) == [limit]
+    assert limit.fills[0].price == 100.0
+
+
+def test_marketable_limit_takes_the_open_at_once() -> None:
+    eng = engine()
+    limit = eng.place_order(
+        order("BUY", "LIMIT", "0.1", price="102", time_in_force="GTC"), last_price=101.0, now_ms=T0
+    )
+    assert limit.status == "FILLED" and limit.fills[0].price == 101.0
+    assert not limit.fills[0].is_maker
+    assert eng.ledger.free["USDT"] == pytest.approx(10_000 - 10.1)
+    assert eng.ledger.locked["USDT"] == 0.0
+
+
+def test_resting_limit_fills_a_share_of_each_bars_volume() -> None:
+    eng = engine(max_participation=0.1)
+    limit = eng.place_order(
+        order("BUY", "LIMIT", "1", price="100", time_in_force="GTC"), last_price=101.0, now_ms=T0
+    )
+    # 10 % of 4.000009 BTC is 0.4000009, floored to the 0.00001 lot step: 0.4.
+    eng.close_bar("BTCUSDT", bar(101, 101, 99, 100, 4.000009), T0 + 60_000)
+    assert limit.status == "PARTIALLY_FILLED" and limit.is_open
+    assert limit.executed_qty == pytest.approx(0.4)
+    assert eng.ledger.locked["USDT"] == pytest.approx(60.0)  # the 0.6 still resting
+    assert eng.ledger.free["BTC"] == pytest.approx(0.4 - 0.0004)
+    eng.close_bar("BTCUSDT", bar(101, 101, 99, 100, 0.000009), T0 + 120_000)  # below one step
+    assert limit.executed_qty == pytest.approx(0.4)
+    eng.close_bar("BTCUSDT", bar(101, 101, 99, 100, 50.0), T0 + 180_000)
+    assert limit.status == "FILLED" and [f.qty for f in limit.fills] == pytest.approx([0.4, 0.6])
+    assert eng.ledger.locked["USDT"] == 0.0
+    assert eng.ledger.free["USDT"] == pytest.approx(10_000 - 100)
+    assert eng.ledger.free["BTC"] == pytest.approx(1 - 0.001)
+
+
+def test_bnb_fees_are_discounted_and_debited_from_bnb() -> None:
+    fees = FeeSchedule(maker_bps=2.0, taker_bps=4.0, bnb=True, bnb_price_usdt=500.0)
+    eng = MatchingEngine({"BTC/USDT": BTC}, {"USDT": 10_000.0, "BNB": 1.0}, fees)
+    buy = eng.place_order(order("BUY", "MARKET", "0.1"), last_price=40_000.0, now_ms=T0)
+    # 4 bps of 4 000 USDT = 1.6 USDT, 25 % off = 1.2 USDT, at 500 USDT a BNB = 0.0024 BNB.
+    assert (buy.fills[0].commission, buy.fills[0].commission_asset) == (
+        pytest.approx(0.0024),
+        "BNB",
+    )
+    assert eng.ledger.free["BNB"] == pytest.approx(1.0 - 0.0024)
+    assert eng.ledger.free["BTC"] == pytest.approx(0.1)  # nothing taken from what was bought
+    assert eng.ledger.free["USDT"] == pytest.approx(6_000.0)
+
+
+def test_bnb_fees_fall_back_to_the_asset_received_when_bnb_is_short() -> None:
+    fees = FeeSchedule(maker_bps=2.0, taker_bps=4.0, bnb=True, bnb_price_usdt=500.0)
+    eng = MatchingEngine({"BTC/USDT": BTC}, {"USDT": 10_000.0, "BNB": 0.002}, fees)
+    buy = eng.place_order(order("BUY", "MARKET", "0.1"), last_price=40_000.0, now_ms=T0)
+    # 0.0024 BNB due, 0.002 held: the full (undiscounted) 4 bps in BTC instead.
+    assert (buy.fills[0].commission, buy.fills[0].commission_asset) == (pytest.approx(4e-5), "BTC")
+    assert eng.ledger.free["BNB"] == pytest.approx(0.002)
+    assert eng.ledger.free["BTC"] == pytest.approx(0.1 - 4e-5)
 
 
 def test_stop_limit_triggers_then_works_as_a_limit_from_the_next_bar() -> None:
@@ -203,6 +284,22 @@ def test_oco_locks_once_and_its_take_profit_fills_while_the_stop_expires() -> No
     assert eng.ledger.free["USDT"] == pytest.approx(10_000 + 110 - 0.11)
 
 
+def test_oco_take_profit_filled_in_part_expires_the_stop_and_keeps_resting() -> None:
+    eng = engine(btc=1.0, max_participation=0.1)
+    lst = eng.place_oco(oco_sell("1", "110", "90"), last_price=100.0, now_ms=T0)
+    stop_leg, take_profit = lst.legs
+    eng.close_bar("BTCUSDT", bar(100, 111, 95, 109, 3.0), T0 + 60_000)  # 0.3 of 1 fills
+    assert take_profit.status == "PARTIALLY_FILLED" and take_profit.executed_qty == 0.3
+    assert stop_leg.status == "EXPIRED" and lst.is_open
+    assert eng.ledger.locked["BTC"] == pytest.approx(0.7)
+    eng.close_bar("BTCUSDT", bar(100, 101, 80, 85, 30.0), T0 + 120_000)  # no stop any more
+    assert take_profit.is_open and eng.ledger.locked["BTC"] == pytest.approx(0.7)
+    eng.close_bar("BTCUSDT", bar(100, 111, 95, 109, 30.0), T0 + 180_000)
+    assert take_profit.status == "FILLED" and lst.list_order_status == "ALL_DONE"
+    assert eng.ledger.total("BTC") == pytest.approx(0.0)
+    assert eng.ledger.free["USDT"] == pytest.approx(10_000 + 110 - 0.11)
+
+
 def test_oco_stop_wins_when_one_bar_touches_both_legs() -> None:
     eng = engine(btc=1.0)
     stop_leg, take_profit = eng.place_oco(
@@ -231,10 +328,10 @@ def test_buy_oco_takes_profit_below_and_stops_above() -> None:
         below=OcoLegRequest("LIMIT_MAKER", price=Decimal("90")),
     )
     lst = eng.place_oco(req, last_price=100.0, now_ms=T0)
-    assert eng.ledger.locked["USDT"] == pytest.approx(110 * 1.001)
+    assert eng.ledger.locked["USDT"] == pytest.approx(110)
     eng.close_bar("BTCUSDT", bar(100, 101, 89, 95), T0 + 60_000)
     limit_leg = next(leg for leg in lst.legs if leg.type == "LIMIT_MAKER")
-    assert limit_leg.status == "FILLED" and eng.ledger.total("BTC") == 1.0
+    assert limit_leg.status == "FILLED" and eng.ledger.total("BTC") == pytest.approx(0.999)
 
 
 def test_oco_rules_binance_enforces() -> None:

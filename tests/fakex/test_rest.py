@@ -30,6 +30,8 @@ PRICES = [
 
 def make_fx(prices: list[tuple[float, float, float, float]] = PRICES, **kw: object) -> FakeExchange:
     kw.setdefault("start_index", 2)
+    # Whole fills: these bars trade 2 BTC, and partial fills have tests of their own.
+    kw.setdefault("max_participation", None)
     return FakeExchange({"BTC/USDT": bars_from_prices(prices)}, **kw)  # type: ignore[arg-type]
 
 
@@ -136,7 +138,7 @@ def test_klines_of_real_bars_round_trip_exactly() -> None:
 # -- orders and fills --------------------------------------------------------------------------
 
 
-def test_market_buy_with_own_client_id_fills_at_the_current_open_with_fee() -> None:
+def test_market_buy_with_own_client_id_fills_at_the_current_open_with_a_base_fee() -> None:
     async def run() -> None:
         fx = make_fx()
         async with running(fx), ccxt_client(fx) as ex:
@@ -145,7 +147,7 @@ def test_market_buy_with_own_client_id_fills_at_the_current_open_with_fee() -> N
             )
             assert order["status"] == "closed" and order["clientOrderId"] == "entry-1"
             assert order["average"] == 100.0 and order["filled"] == 1.0
-            assert order["fee"] == {"currency": "USDT", "cost": 0.1}  # 10 bps of 100
+            assert order["fee"] == {"currency": "BTC", "cost": 0.001}  # 10 bps of 1 BTC
             assert order["timestamp"] == open_time(2)
             found = await ex.fetch_order(None, "BTC/USDT", {"origClientOrderId": "entry-1"})
             assert found["id"] == order["id"] and found["status"] == "closed"
@@ -154,18 +156,18 @@ def test_market_buy_with_own_client_id_fills_at_the_current_open_with_fee() -> N
             assert [(t["order"], t["price"], t["amount"]) for t in trades] == [
                 (order["id"], 100.0, 1.0)
             ]
-            assert trades[0]["fee"] == {"currency": "USDT", "cost": 0.1}
+            assert trades[0]["fee"] == {"currency": "BTC", "cost": 0.001}
             balance = await ex.fetch_balance()
-            assert balance["USDT"]["total"] == pytest.approx(10_000 - 100 - 0.1)
-            assert balance["BTC"]["total"] == 1.0
-            assert fx.balances == pytest.approx({"USDT": 9_899.9, "BTC": 1.0})
+            assert balance["USDT"]["total"] == pytest.approx(10_000 - 100)
+            assert balance["BTC"]["total"] == pytest.approx(0.999)
+            assert fx.balances == pytest.approx({"USDT": 9_900.0, "BTC": 0.999})
             assert [o["clientOrderId"] for o in fx.orders] == ["entry-1"]
-            assert fx.trades[0]["commissionAsset"] == "USDT"
+            assert fx.trades[0]["commissionAsset"] == "BTC"
 
     asyncio.run(run())
 
 
-def test_limit_sell_fills_on_a_later_step_at_its_price_or_the_better_open() -> None:
+def test_limit_sell_fills_on_a_later_step_at_its_price_a_marketable_one_at_the_open() -> None:
     async def run() -> None:
         fx = make_fx()
         async with running(fx), ccxt_client(fx) as ex:
@@ -179,13 +181,13 @@ def test_limit_sell_fills_on_a_later_step_at_its_price_or_the_better_open() -> N
             done = await ex.fetch_order(limit["id"], "BTC/USDT")
             assert done["status"] == "closed" and done["average"] == 103.0
             assert done["lastTradeTimestamp"] == open_time(3) + MINUTE_MS
-            # Placed while bar 4 (open 105) is current: marketable, it fills at the open.
-            gapped = await ex.create_order("BTC/USDT", "limit", "sell", 0.5, 102.5)
-            await fx.step()
-            assert (await ex.fetch_order(gapped["id"], "BTC/USDT"))["average"] == 105.0
+            # Placed while bar 4 (open 105) is current: marketable, it takes the open at once.
+            # 0.499: the buy's fee took 0.001 of the 1 BTC.
+            gapped = await ex.create_order("BTC/USDT", "limit", "sell", 0.499, 102.5)
+            assert gapped["status"] == "closed" and gapped["average"] == 105.0
             trades = await ex.fetch_my_trades("BTC/USDT")
             assert [t["price"] for t in trades] == [100.0, 103.0, 105.0]
-            assert [t["takerOrMaker"] for t in trades] == ["taker", "maker", "maker"]
+            assert [t["takerOrMaker"] for t in trades] == ["taker", "maker", "taker"]
             assert await ex.fetch_open_orders("BTC/USDT") == []
 
     asyncio.run(run())
@@ -197,7 +199,9 @@ def test_stop_loss_fills_at_the_stop_or_at_the_open_it_gapped_to() -> None:
         async with running(fx), ccxt_client(fx) as ex:
             await ex.create_order("BTC/USDT", "market", "buy", 1.0)
             near = await ex.create_order("BTC/USDT", "market", "sell", 0.5, None, {"stopPrice": 97})
-            far = await ex.create_order("BTC/USDT", "market", "sell", 0.5, None, {"stopPrice": 95})
+            far = await ex.create_order(
+                "BTC/USDT", "market", "sell", 0.499, None, {"stopPrice": 95}
+            )
             assert near["info"]["type"] == "STOP_LOSS" and near["status"] == "open"
             await fx.step(2)  # bars 2 and 3 stay above both stops
             assert len(await ex.fetch_open_orders("BTC/USDT")) == 2
@@ -211,7 +215,7 @@ def test_stop_loss_fills_at_the_stop_or_at_the_open_it_gapped_to() -> None:
     asyncio.run(run())
 
 
-def _oco(take_profit: str, stop: str, qty: str = "1") -> dict[str, str]:
+def _oco(take_profit: str, stop: str, qty: str = "0.999") -> dict[str, str]:
     return {
         "symbol": "BTCUSDT",
         "side": "SELL",
@@ -235,7 +239,7 @@ def test_oco_take_profit_fills_the_stop_expires_and_the_quantity_is_locked_once(
             assert placed["listOrderStatus"] == "EXECUTING"
             assert [r["type"] for r in placed["orderReports"]] == ["STOP_LOSS", "LIMIT_MAKER"]
             btc = (await ex.fetch_balance())["BTC"]
-            assert (btc["free"], btc["used"]) == (0.0, 1.0)
+            assert (btc["free"], btc["used"]) == (0.0, 0.999)
             await fx.step()  # bar 2: between the legs
             await fx.step()  # bar 3: high 106
             tp = await ex.fetch_order(None, "BTC/USDT", {"origClientOrderId": "tp-1"})
@@ -245,7 +249,8 @@ def test_oco_take_profit_fills_the_stop_expires_and_the_quantity_is_locked_once(
             status = await ex.private_get_orderlist({"origClientOrderId": "oco-1"})
             assert status["listOrderStatus"] == "ALL_DONE"
             assert fx.balances["BTC"] == pytest.approx(0.0)
-            assert fx.balances["USDT"] == pytest.approx(10_000 - 100.1 + 104 - 0.104)
+            # Sold 0.999 at 104 = 103.896 USDT, less the maker fee of 10 bps in USDT.
+            assert fx.balances["USDT"] == pytest.approx(10_000 - 100 + 103.896 - 0.103896)
 
     asyncio.run(run())
 
@@ -279,7 +284,7 @@ def test_cancel_oco_by_list_client_id_cancels_both_legs_and_unlocks() -> None:
             )
             assert gone["listOrderStatus"] == "ALL_DONE"
             assert {r["status"] for r in gone["orderReports"]} == {"CANCELED"}
-            assert (await ex.fetch_balance())["BTC"]["free"] == 1.0
+            assert (await ex.fetch_balance())["BTC"]["free"] == 0.999
             with pytest.raises(ccxt.OrderNotFound):
                 await ex.private_delete_orderlist(
                     {"symbol": "BTCUSDT", "listClientOrderId": "oco-1"}
@@ -296,7 +301,7 @@ def test_cancel_order_and_open_orders() -> None:
                 "BTC/USDT", "limit", "buy", 0.5, 90.0, {"clientOrderId": "b1"}
             )
             assert [o["id"] for o in await ex.fetch_open_orders("BTC/USDT")] == [order["id"]]
-            assert (await ex.fetch_balance())["USDT"]["used"] == pytest.approx(45.045)
+            assert (await ex.fetch_balance())["USDT"]["used"] == pytest.approx(45.0)
             cancelled = await ex.cancel_order(order["id"], "BTC/USDT")
             assert cancelled["status"] == "canceled"
             assert cancelled["info"]["origClientOrderId"] == "b1"
@@ -336,7 +341,7 @@ def test_insufficient_balance_and_injected_rejections() -> None:
         fx = make_fx(balances={"USDT": 50.0})
         async with running(fx), ccxt_client(fx) as ex:
             with pytest.raises(ccxt.InsufficientFunds):
-                await ex.create_order("BTC/USDT", "market", "buy", 0.5)
+                await ex.create_order("BTC/USDT", "market", "buy", 0.51)
             with pytest.raises(ccxt.InsufficientFunds):
                 await ex.create_order("BTC/USDT", "market", "sell", 0.1)
             fx.reject_next_orders(1, code=-1013, msg="Market is closed.")

@@ -1,4 +1,5 @@
-"""Pre-trade limits. Pure: decides from the intent, a reference price and the position."""
+"""Pre-trade size limits and the `Decision` type. Pure: decides from the intent, a reference
+price and the position. `RiskManager` (manager.py) adds the rest of the limits and the breakers."""
 
 from __future__ import annotations
 

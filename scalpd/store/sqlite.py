@@ -20,7 +20,7 @@ from scalpd.engine.portfolio import ClosedTrade, Position
 from scalpd.events import Fill, Order, OrderIntent, OrderStatus, OrderUpdate
 from scalpd.risk.gate import Decision
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Steps from one schema version to the next, applied in order to an older database.
 _MIGRATIONS: dict[int, str] = {
@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS reports (
     run_id INTEGER PRIMARY KEY REFERENCES runs(id),
     created_ms INTEGER NOT NULL,
     report_json TEXT NOT NULL
+);
+""",
+    # v3: the risk layer's state (breakers, daily anchors), per account, so a restart keeps a
+    # halt. One row per key, replaced on every save.
+    3: """
+CREATE TABLE IF NOT EXISTS risk_state (
+    account TEXT PRIMARY KEY,
+    updated_ms INTEGER NOT NULL,
+    state_json TEXT NOT NULL
 );
 """,
 }
@@ -233,6 +242,26 @@ class Store:
         """A run's report exactly as stored; None when it has none."""
         row = self.conn.execute(
             "SELECT report_json FROM reports WHERE run_id=?", (run_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def save_risk_state(self, account: str, state_json: str) -> None:
+        """Store (or replace) the risk state of an account (e.g. "binance:main" or a run id).
+
+        Committed at once, and as durably as the connection's journal runs (synchronous=FULL
+        under a live or paper journal): a lost halt would let a restarted daemon trade."""
+        self.conn.execute(
+            "INSERT INTO risk_state(account, updated_ms, state_json) VALUES (?, ?, ?) "
+            "ON CONFLICT(account) DO UPDATE SET updated_ms=excluded.updated_ms, "
+            "state_json=excluded.state_json",
+            (account, _now_ms(), state_json),
+        )
+        self.conn.commit()
+
+    def load_risk_state(self, account: str) -> str | None:
+        """The account's risk state JSON as last saved; None when it has none."""
+        row = self.conn.execute(
+            "SELECT state_json FROM risk_state WHERE account=?", (account,)
         ).fetchone()
         return None if row is None else str(row[0])
 

@@ -107,6 +107,7 @@ class OrderIntent(NamedTuple):
     time_ms: int
     bracket: Bracket | None = None
     reduce_only: bool = False  # an exit: closes a position, cancels its bracket first
+    price: float | None = None  # a limit price: the engine sends a limit order, else market
 
 
 class Order(NamedTuple):

@@ -45,6 +45,10 @@ def test_capital_below_the_minimum_notional_is_refused_with_the_numbers() -> Non
 def test_replay_at_capital_levels_side_by_side(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SCALPD_DATA__SYNTHETIC_DAYS", "2")
+    # Market impact and the participation cap grow with size: with them a $100k account fills
+    # worse and its exits differ. Without them, only the lot step tells the levels apart.
+    monkeypatch.setenv("SCALPD_SIM__IMPACT_COEFFICIENT", "0")
+    monkeypatch.setenv("SCALPD_SIM__MAX_PARTICIPATION", "1")
     db = tmp_path / "r.db"
     args = ["replay", "--db", str(db), "--capital", "100,100000", "--json", "--no-baselines"]
     assert main(args) == 0

@@ -182,7 +182,7 @@ def test_secret_in_config_file_is_refused(tmp_path: Path, key: str) -> None:
         ("[strategy]\nfoo = 1\n", "config key 'strategy.foo' is unknown"),
         ("[nosuch]\nx = 1\n", "config key 'nosuch' is unknown"),
         ('[data]\non_bad_rows = "ignore"\n', "'data.on_bad_rows' has bad value 'ignore'"),
-        ("[fees]\ntaker_bps = -1\n", "'fees.taker_bps' has bad value -1"),
+        ('[fees]\ntier = "VIP11"\n', "'fees.tier' has bad value 'VIP11'"),
         ('[symbols]\ntrade = ["BTCUSDT"]\n', "must look like BASE/QUOTE"),
         ("[store]\nequity_snapshot_interval_s = 5\n", "equity_snapshot_interval_s"),
         ("[strategy\n", "is not valid TOML"),

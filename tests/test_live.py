@@ -88,13 +88,19 @@ async def _run_against_fake(
     return daemon, fx, Store(settings.store.path)
 
 
-def _replay(tmp_path: Path, bars: BarColumns):
+# The fake exchange fills a market order at the bar's open: no spread, impact or latency. To
+# compare with it, replay models none either (paper trading keeps them, on both sides).
+FRICTIONLESS = {"latency_ms": 0.0, "half_spread_bps": 0.0, "impact_coefficient": 0.0}
+
+
+def _replay(tmp_path: Path, bars: BarColumns, *, frictionless: bool = False):
     settings = load_settings(
         None,
         {
             "symbols": {"trade": [bars.symbol]},
             "strategy": STRATEGY,
             "store": {"path": str(tmp_path / "replay.db")},
+            "sim": FRICTIONLESS if frictionless else {},
         },
     )
     # Bars the daemon saw closed: all but the last (which the fake only opened).
@@ -120,7 +126,7 @@ def _window(path: Path, start: str, bars: int) -> BarColumns:
 def test_daemon_trades_like_replay_on_real_bars(tmp_path: Path, paper: bool) -> None:
     bars = _window(shared_file("binance-spot/BTCUSDT-1m-2024.parquet"), "2024-03-04T00:00", 240)
     daemon, fx, store = asyncio.run(_run_against_fake(tmp_path, bars, paper=paper))
-    replay = _replay(tmp_path, bars)
+    replay = _replay(tmp_path, bars, frictionless=not paper)
     engine = daemon.engine
     assert engine is not None and engine.bars_seen == len(bars) - 1
     # Trade prints arrive too (watch_trades; the fake prints one a bar), each once.

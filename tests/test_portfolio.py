@@ -122,3 +122,67 @@ def test_selling_more_than_held_raises(held: float | None) -> None:
     with pytest.raises(ValueError, match="exceeds position"):
         pf.apply_fill(fill(Side.SELL, 0.2, 100.0, 0.0, 1, "x"))
     assert pf.position_qty(SYM) == (held or 0.0)
+
+
+def fill_in(side: Side, qty: float, price: float, fee: float, asset: str, minute: int) -> Fill:
+    reason = "entry" if side is Side.BUY else "time_stop"
+    return Fill("c", SYM, side, qty, price, fee, asset, T + minute * M, "taker", "t", reason)
+
+
+def steps(symbol: str) -> float:
+    return 0.00001
+
+
+def test_base_asset_fee_on_a_buy_reduces_the_position_and_leaves_dust() -> None:
+    # Buy 0.12345 BTC at 40,000 (4,938.00 USDT), fee 10 bps in BTC: 0.00012345 BTC (4.938 USDT).
+    pf = Portfolio(10_000.0, step_size=steps)
+    pf.apply_fill(fill_in(Side.BUY, 0.12345, 40_000.0, 0.00012345, "BTC", 0))
+    assert pf.cash == pytest.approx(10_000.0 - 4_938.0)  # the fee is not paid from cash
+    assert pf.position_qty(SYM) == pytest.approx(0.12332655)
+    assert pf.fees_paid == pytest.approx(4.938)
+    # Sellable: 0.12332 (floored to the step); 0.00000655 BTC stays as dust.
+    # Sell at 41,000: 5,056.12 USDT, fee 10 bps in USDT: 5.05612.
+    trade = pf.apply_fill(fill_in(Side.SELL, 0.12332, 41_000.0, 5.05612, "USDT", 5))
+    assert trade is not None and pf.positions == {}
+    assert pf.dust[SYM] == pytest.approx(0.00000655)
+    assert pf.cash == pytest.approx(10_000.0 - 4_938.0 + 5_056.12 - 5.05612)
+    # P&L: 5,056.12 - 0.12332 * 40,000 (4,932.80) - fees 4.938 - 5.05612 = 113.32588.
+    assert trade.fees == pytest.approx(9.99412)
+    assert trade.pnl == pytest.approx(113.32588)
+    # The dust counts in equity at the last price.
+    pf.last_price[SYM] = 42_000.0
+    assert pf.equity() == pytest.approx(pf.cash + 0.00000655 * 42_000.0)
+
+
+def test_dust_joins_the_next_position() -> None:
+    pf = Portfolio(10_000.0, step_size=steps)
+    pf.apply_fill(fill_in(Side.BUY, 0.12345, 40_000.0, 0.00012345, "BTC", 0))
+    pf.apply_fill(fill_in(Side.SELL, 0.12332, 41_000.0, 5.05612, "USDT", 5))
+    # Buy 0.1 at 40,000, fee 0.0001 BTC: held 0.0999 + dust 0.00000655 = 0.09990655.
+    pf.apply_fill(fill_in(Side.BUY, 0.1, 40_000.0, 0.0001, "BTC", 6))
+    assert pf.dust == {}
+    assert pf.position_qty(SYM) == pytest.approx(0.09990655)
+    # Its cost: 4,000 + the dust's 0.262 over 0.10000655 bought: 40,000 a unit.
+    assert pf.positions[SYM].avg_price == pytest.approx(40_000.0)
+
+
+def test_quote_fee_on_a_sell_comes_from_cash() -> None:
+    pf = Portfolio(1_000.0, step_size=steps)
+    pf.apply_fill(fill_in(Side.BUY, 2.0, 100.0, 0.002, "BTC", 0))  # 1.998 held
+    trade = pf.apply_fill(fill_in(Side.SELL, 1.998, 101.0, 0.201798, "USDT", 3))
+    # 1.998 * 101 = 201.798 in, less 0.201798; P&L 201.798 - 199.8 - 0.2 - 0.201798 = 1.596202.
+    assert trade is not None
+    assert pf.cash == pytest.approx(1_000.0 - 200.0 + 201.798 - 0.201798)
+    assert trade.pnl == pytest.approx(1.596202)
+
+
+def test_bnb_fee_is_paid_from_cash_at_its_usdt_value() -> None:
+    pf = Portfolio(10_000.0, step_size=steps, bnb_price_usdt=500.0)
+    # 0.0075 BNB at 500 = 3.75 USDT.
+    pf.apply_fill(fill_in(Side.BUY, 0.1, 50_000.0, 0.0075, "BNB", 0))
+    assert pf.position_qty(SYM) == 0.1
+    assert pf.cash == pytest.approx(10_000.0 - 5_000.0 - 3.75)
+    trade = pf.apply_fill(fill_in(Side.SELL, 0.1, 50_000.0, 0.0075, "BNB", 1))
+    assert trade is not None and trade.fees == pytest.approx(7.5)
+    assert pf.fees_paid == pytest.approx(7.5)
+    assert pf.cash == pytest.approx(10_000.0 - 7.5)

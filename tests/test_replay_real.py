@@ -3,11 +3,19 @@
 The engine's result is checked against `reference_replay` below: a plain loop over the bars
 (read with pyarrow, not through scalpd) that implements the documented rules from scratch:
 
-- README "How replay fills orders": a market order decided at the close of bar t fills at the
-  open of bar t+1 as a taker; the entry's take-profit and stop-loss are armed at the fill price,
-  rounded to the tick, and checked from the fill bar on: the stop first (at min(stop, open)),
-  then the take-profit (at max(target, open), maker fee); orders the exchange would reject are
-  rejected; gaps are never bridged: the strategy's state restarts after one.
+- scalpd/execution/sim.py's rules: a market order decided at the close of bar t arrives
+  `latency` ms into bar t+1, at the open moved sqrt(latency / 1 min) of the way to the high
+  (buy) or low (sell), then pays half the spread (at least half a tick) and the capped
+  square-root impact (Parkinson sigma of the bar, sqrt(qty / volume)), as a taker. A buy's fee
+  is taken in BTC (the position is the quantity less the fee), a sell's in USDT; what is below
+  a lot step after an exit is dust, counted in equity and added to the next position. The
+  entry's take-profit and stop-loss are armed at the fill price, rounded to the tick, on the
+  sellable quantity, and checked from the fill bar on: the stop first (at min(stop, open), less
+  spread and impact), then the take-profit when the high trades through it (or touches it,
+  limit_queue = "touch") at the target (a resting order fills at its own price), maker fee, at
+  most `participation` of the bar's volume a bar; its first partial fill cancels the stop
+  (OCO) and the time stop sells the rest.
+  Orders the exchange would reject are rejected; gaps are never bridged.
 - strategy/ema_cross.py: EMAs of closes with alpha 2/(n+1), seeded with the first close; a long
   entry when the fast one crosses above the slow one after the warm-up (more than
   slow_period_bars closes) while flat, sized floor_to_step(equity * fraction / close); a market
@@ -73,6 +81,12 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "fraction": 0.95,
     "taker_bps": 10.0,
     "maker_bps": 10.0,
+    "latency_ms": 50.0,
+    "half_spread_bps": 1.0,
+    "impact": 1.0,
+    "max_impact_bps": 50.0,
+    "participation": 0.1,
+    "limit_queue": "through",
     "cash": 10_000.0,
     "tick": "0.01",
     "step": "0.00001",
@@ -94,6 +108,12 @@ CUSTOM_PARAMS: dict[str, Any] = {
     "fraction": 0.5,
     "taker_bps": 7.5,
     "maker_bps": 2.0,
+    "latency_ms": 300.0,
+    "half_spread_bps": 2.5,
+    "impact": 0.5,
+    "max_impact_bps": 20.0,
+    "participation": 0.05,
+    "limit_queue": "touch",
     "cash": 25_000.0,
 }
 
@@ -109,8 +129,19 @@ def _overrides(p: dict[str, Any], db: Path, data: Path) -> dict[str, dict[str, A
             "max_hold_bars": p["max_hold_bars"],
             "position_fraction": p["fraction"],
         },
-        "fees": {"taker_bps": p["taker_bps"], "maker_bps": p["maker_bps"]},
-        "sim": {"starting_cash_usdt": p["cash"]},
+        "fees": {
+            "tiers": {"TEST": {"taker_bps": p["taker_bps"], "maker_bps": p["maker_bps"]}},
+            "tier": "TEST",
+        },
+        "sim": {
+            "starting_cash_usdt": p["cash"],
+            "latency_ms": p["latency_ms"],
+            "half_spread_bps": p["half_spread_bps"],
+            "impact_coefficient": p["impact"],
+            "max_impact_bps": p["max_impact_bps"],
+            "max_participation": p["participation"],
+            "limit_queue": p["limit_queue"],
+        },
         "risk": {
             "max_order_notional_usdt": p["max_order_notional"],
             "max_position_notional_usdt": p["max_position_notional"],
@@ -129,10 +160,11 @@ class Bars:
     high: list[float]
     low: list[float]
     close: list[float]
+    volume: list[float]
 
 
 def read_bars(path: Path, start_ms: int, end_ms: int) -> Bars:
-    table = pq.read_table(path, columns=["open_time", "open", "high", "low", "close"])
+    table = pq.read_table(path, columns=["open_time", "open", "high", "low", "close", "volume"])
     ot = table.column("open_time").to_numpy()
     keep = (ot >= start_ms) & (ot < end_ms)
     cols = {name: table.column(name).to_numpy()[keep].tolist() for name in table.column_names}
@@ -174,6 +206,8 @@ class RefFill:
     liquidity: str
     reason: str
     time_ms: int
+    fee_asset: str = "USDT"
+    fee_usdt: float = 0.0
 
 
 @dataclass
@@ -207,6 +241,7 @@ class RefResult:
     cash: float = 0.0
     equity: float = 0.0
     position_qty: float = 0.0
+    dust: float = 0.0
     gaps: int = 0
     rejected: int = 0
     ties: int = 0
@@ -218,13 +253,20 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
     res = RefResult(cash=p["cash"])
     a_fast, a_slow = 2.0 / (p["fast"] + 1), 2.0 / (p["slow"] + 1)
     tick = Decimal(p["tick"])
+    tick_f = float(p["tick"])
     taker, maker = p["taker_bps"] / 1e4, p["maker_bps"] / 1e4
     max_hold_ms = p["max_hold_bars"] * MINUTE_MS
+    drift = math.sqrt(p["latency_ms"] / 60_000.0)  # share of the way to the high / low
+    touch = p["limit_queue"] == "touch"
 
     ema = None  # [fast, slow, count, above]
     pending: RefOrder | None = None  # the market order waiting for the next bar's open
-    pos: dict[str, Any] | None = None  # qty, price, time, fee
-    bracket: tuple[RefOrder, RefOrder] | None = None  # (take-profit, stop-loss)
+    # qty held, USDT per unit bought, entry time, entry fee (USDT value), units bought
+    pos: dict[str, Any] | None = None
+    exit_acc = [0.0, 0.0, 0.0]  # sold, received, fees of the position being closed
+    dust = 0.0  # BTC left below a lot step by exits
+    dust_cost = 0.0
+    bracket: list | None = None  # [take-profit, stop-loss or None, tp qty left]
     seq = 0
     entries_filled = 0
     prev_time = None
@@ -239,77 +281,123 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
             return choice
         return float(q.to_integral_value(ROUND_HALF_EVEN) * tick)
 
-    def fill(order: RefOrder, price: float, time_ms: int, liquidity: str) -> RefFill:
-        fee = order.qty * price * (maker if liquidity == "maker" else taker)
+    def costs_bps(price: float, qty: float, h: float, lo_: float, vol: float) -> float:
+        """Half the spread (at least half a tick) plus the capped square-root impact."""
+        half = max(p["half_spread_bps"], 0.5 * tick_f / price * 1e4)
+        if vol > 0:
+            sigma = math.log(h / lo_) / math.sqrt(4 * math.log(2)) * 1e4
+            impact = min(p["impact"] * sigma * math.sqrt(qty / vol), p["max_impact_bps"])
+        else:
+            impact = p["max_impact_bps"]
+        return half + impact
+
+    def fill(order: RefOrder, qty: float, price: float, time_ms: int, liquidity: str) -> RefFill:
+        rate = maker if liquidity == "maker" else taker
+        fee = qty * rate if order.side == "buy" else qty * price * rate  # BTC on a buy
         f = RefFill(
             order.client_id,
             f"sim-{len(res.fills) + 1}",
             order.side,
-            order.qty,
+            qty,
             price,
             fee,
             liquidity,
             order.reason,
             time_ms,
+            fee_asset="BTC" if order.side == "buy" else "USDT",
+            fee_usdt=qty * price * rate,
         )
         res.fills.append(f)
-        order.status, order.filled_qty, order.updated_ms = "filled", order.qty, time_ms
+        order.filled_qty += qty
+        order.updated_ms = time_ms
+        if order.filled_qty >= order.qty * (1 - 1e-9):
+            order.status = "filled"
         return f
 
-    def close_position(f: RefFill) -> None:
-        nonlocal pos
+    def sold(f: RefFill) -> None:
+        nonlocal pos, dust, dust_cost
         assert pos is not None
         res.cash += f.qty * f.price - f.fee
-        fees = pos["fee"] + f.fee
+        exit_acc[0] += f.qty
+        exit_acc[1] += f.qty * f.price
+        exit_acc[2] += f.fee
+        pos["qty"] -= f.qty
+        if floor_held(max(pos["qty"], 0.0)) > 0:
+            return
+        n_sold, received, fees = exit_acc
+        fees += pos["fee"]
         res.trades.append(
             RefTrade(
                 pos["time"],
                 f.time_ms,
-                f.qty,
+                n_sold,
                 pos["price"],
-                f.price,
+                received / n_sold,
                 fees,
-                f.qty * (f.price - pos["price"]) - fees,
+                received - n_sold * pos["price"] - fees,
                 f.reason,
             )
         )
+        if pos["qty"] > 1e-12:
+            dust, dust_cost = pos["qty"], pos["qty"] * pos["price"]
         pos = None
+        exit_acc[:] = [0.0, 0.0, 0.0]
+
+    def floor_held(qty: float) -> float:
+        """Sellable: a held quantity (bought less fees, in float arithmetic) floored to the
+        step; float noise below 1e-12 BTC is not a lot step short."""
+        return floor_step(round(qty, 12), p["step"])
+
+    def sell_violation(qty: float, price: float) -> bool:
+        return (
+            qty < p["min_qty"]
+            or floor_step(qty, p["step"]) != qty
+            or qty * price < p["min_notional"]
+        )
 
     for i in range(len(bars.open_time)):
         t = bars.open_time[i]
-        o, h, lo_, c = bars.open[i], bars.high[i], bars.low[i], bars.close[i]
+        o, h, lo_, c, vol = bars.open[i], bars.high[i], bars.low[i], bars.close[i], bars.volume[i]
         close_ms = t + MINUTE_MS
         if prev_time is not None and t - prev_time != MINUTE_MS:
             res.gaps += 1
             ema = None  # never bridge a gap
         prev_time = t
 
-        # 1. the market order decided at the previous close meets this bar's open
+        # 1. the market order decided at the previous close arrives `latency` into this bar
         if pending is not None:
             order, pending = pending, None
+            qty = order.qty
             if order.side == "buy":
-                qty = order.qty
+                arrival = o + drift * (h - o)
+                price = arrival * (1 + costs_bps(arrival, qty, h, lo_, vol) / 1e4)
                 why = None
-                if qty < p["min_qty"] or floor_step(qty, p["step"]) != qty:
-                    why = "quantity"
-                elif qty * o < p["min_notional"]:
-                    why = "notional"
-                elif qty * o * (1 + taker) > res.cash:
+                if sell_violation(qty, o):
+                    why = "rules"
+                elif qty * price > res.cash:  # the fee is taken in BTC, not from the cash
                     why = "insufficient balance"
                 if why is not None:
                     order.status, order.updated_ms = "rejected", t
                     res.rejected += 1
                 else:
-                    f = fill(order, o, t, "taker")
-                    res.cash -= qty * o + f.fee
-                    pos = {"qty": qty, "price": o, "time": t, "fee": f.fee}
+                    f = fill(order, qty, price, t, "taker")
+                    res.cash -= qty * price
+                    bought = qty + dust
+                    pos = {
+                        "qty": qty - f.fee + dust,
+                        "price": (qty * price + dust_cost) / bought,
+                        "time": t,
+                        "fee": f.fee_usdt,
+                    }
+                    dust = dust_cost = 0.0
                     n = entries_filled
                     entries_filled += 1
-                    exact = Decimal(repr(o))
+                    exact = Decimal(repr(price))
                     tp = to_tick(exact * (1 + Decimal(repr(p["tp_bps"])) / 10_000), n, "tp")
                     sl = to_tick(exact * (1 - Decimal(repr(p["sl_bps"])) / 10_000), n, "sl")
+                    leg_qty = floor_held(pos["qty"])
                     legs = []
-                    for suffix, kind, price, reason in (
+                    for suffix, kind, leg_price, reason in (
                         ("tp", "limit", tp, "take_profit"),
                         ("sl", "stop", sl, "stop_loss"),
                     ):
@@ -317,8 +405,8 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
                             order.client_id + suffix,
                             "sell",
                             kind,
-                            qty,
-                            price,
+                            leg_qty,
+                            leg_price,
                             reason,
                             order.client_id,
                             1,
@@ -327,22 +415,41 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
                         )
                         res.orders[leg.client_id] = leg
                         legs.append(leg)
-                    bracket = (legs[0], legs[1])
+                    bracket = [legs[0], legs[1], leg_qty]
             else:
-                close_position(fill(order, o, t, "taker"))
+                arrival = o - drift * (o - lo_)
+                price = arrival * (1 - costs_bps(arrival, qty, h, lo_, vol) / 1e4)
+                if sell_violation(qty, o):
+                    order.status, order.updated_ms = "rejected", t
+                    res.rejected += 1
+                else:
+                    sold(fill(order, qty, price, t, "taker"))
 
         # 2. the armed bracket, from the entry's own bar on: the stop first
         if bracket is not None:
-            tp_leg, sl_leg = bracket
-            hit = None
-            if lo_ <= sl_leg.price:
-                hit, other, price, liq = sl_leg, tp_leg, min(sl_leg.price, o), "taker"
-            elif h >= tp_leg.price:
-                hit, other, price, liq = tp_leg, sl_leg, max(tp_leg.price, o), "maker"
-            if hit is not None:
-                close_position(fill(hit, price, close_ms, liq))
-                other.status, other.updated_ms = "expired", close_ms
+            tp_leg, sl_leg, left = bracket
+            if sl_leg is not None and lo_ <= sl_leg.price:
+                trigger = min(sl_leg.price, o)
+                price = trigger * (1 - costs_bps(trigger, left, h, lo_, vol) / 1e4)
+                sold(fill(sl_leg, left, price, close_ms, "taker"))
+                tp_leg.status, tp_leg.updated_ms = "expired", close_ms
                 bracket = None
+            elif h > tp_leg.price or (touch and h >= tp_leg.price):
+                # Whole lot steps: counted as integers, so no float noise creeps in.
+                step = Decimal(p["step"])
+                cap = int(Decimal(repr(p["participation"] * vol)) // step) if vol > 0 else 0
+                left_steps = int((Decimal(repr(left)) / step).to_integral_value(ROUND_HALF_EVEN))
+                qty = float(min(left_steps, cap) * step)
+                if qty > 0:
+                    sold(fill(tp_leg, qty, tp_leg.price, close_ms, "maker"))
+                    bracket[2] = left = float((left_steps - min(left_steps, cap)) * step)
+                    if left == 0:
+                        if sl_leg is not None:
+                            sl_leg.status, sl_leg.updated_ms = "expired", close_ms
+                        bracket = None
+                    elif sl_leg is not None:  # OCO: a partial fill cancels the stop
+                        sl_leg.status, sl_leg.updated_ms = "cancelled", close_ms
+                        bracket[1] = None
 
         # 3. the strategy at the close
         crossed_up = False
@@ -357,17 +464,19 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
         if pending is None:
             if pos is not None:
                 if close_ms - pos["time"] >= max_hold_ms:
-                    res.intents.append(RefIntent(close_ms, "sell", pos["qty"], "time_stop", 1))
+                    qty = floor_held(pos["qty"])
+                    res.intents.append(RefIntent(close_ms, "sell", qty, "time_stop", 1))
                     if bracket is not None:
-                        for leg in bracket:
-                            leg.status, leg.updated_ms = "cancelled", close_ms
+                        for leg in bracket[:2]:
+                            if leg is not None:
+                                leg.status, leg.updated_ms = "cancelled", close_ms
                         bracket = None
                     seq += 1
                     pending = RefOrder(
                         f"sd{run_id}-{seq}",
                         "sell",
                         "market",
-                        pos["qty"],
+                        qty,
                         None,
                         "time_stop",
                         None,
@@ -376,7 +485,8 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
                     )
                     res.orders[pending.client_id] = pending
             elif crossed_up:
-                qty = floor_step(res.cash * p["fraction"] / c, p["step"])
+                equity = res.cash + dust * c
+                qty = floor_step(equity * p["fraction"] / c, p["step"])
                 if qty >= p["min_qty"] and qty * c >= p["min_notional"]:
                     ok = (
                         qty * c <= p["max_order_notional"] and qty * c <= p["max_position_notional"]
@@ -396,12 +506,13 @@ def reference_replay(bars: Bars, p: dict[str, Any], run_id: int, tie_break) -> R
                             close_ms,
                         )
                         res.orders[pending.client_id] = pending
-        pos_value = pos["qty"] * c if pos is not None else 0.0
-        res.equity_at[close_ms] = (res.cash + pos_value, res.cash)
+        held = (pos["qty"] if pos is not None else 0.0) + dust
+        res.equity_at[close_ms] = (res.cash + held * c, res.cash)
 
     res.position_qty = pos["qty"] if pos is not None else 0.0
+    res.dust = dust
     last_close = bars.close[-1]
-    res.equity = res.cash + res.position_qty * last_close
+    res.equity = res.cash + (res.position_qty + dust) * last_close
     return res
 
 
@@ -482,7 +593,7 @@ def check_against_reference(store: Store, result, bars: Bars, ref: RefResult) ->
             r.reason,
             r.time_ms,
             "BTC/USDT",
-            "USDT",
+            r.fee_asset,
         )
         assert row["qty"] == r.qty
         assert_close(row["price"], r.price, f"fill {r.client_id} price")
@@ -544,7 +655,8 @@ def check_against_reference(store: Store, result, bars: Bars, ref: RefResult) ->
     assert_close(engine._broker.cash, ref.cash, "broker cash")
     assert_close(pf.equity(), ref.equity, "final equity")
     assert_close(pf.position_qty("BTC/USDT"), ref.position_qty, "open position")
-    assert_close(pf.fees_paid, sum(f.fee for f in ref.fills), "fees paid")
+    assert_close(pf.fees_paid, sum(f.fee_usdt for f in ref.fills), "fees paid")
+    assert_close(pf.dust.get("BTC/USDT", 0.0), ref.dust, "dust")
     assert_close(pf.realized_pnl, sum(t.pnl for t in ref.trades), "realized pnl")
     positions = store.rows("positions", run_id)
     if ref.fills:
@@ -572,7 +684,7 @@ def check_against_reference(store: Store, result, bars: Bars, ref: RefResult) ->
     assert summary["bars"] == len(bars.open_time)
     assert summary["gaps"] == ref.gaps
     assert summary["final_equity_usdt"] == round(ref.equity, 2)
-    assert summary["fees_usdt"] == round(sum(f.fee for f in ref.fills), 2)
+    assert summary["fees_usdt"] == round(sum(f.fee_usdt for f in ref.fills), 2)
     assert summary["open_positions"] == (1 if ref.position_qty else 0)
     assert summary["anomalies"] == 0
     assert engine.anomalies == 0
@@ -739,7 +851,7 @@ SYNTH_PARAMS: dict[str, Any] = {
 T0 = _ms("2024-05-01")
 
 
-def _write_bars(path: Path, times, opens, highs, lows, closes) -> None:
+def _write_bars(path: Path, times, opens, highs, lows, closes, volume: float = 1.0) -> None:
     n = len(times)
     pq.write_table(
         pa.table(
@@ -749,14 +861,14 @@ def _write_bars(path: Path, times, opens, highs, lows, closes) -> None:
                 "high": pa.array(np.asarray(highs, dtype=np.float64)),
                 "low": pa.array(np.asarray(lows, dtype=np.float64)),
                 "close": pa.array(np.asarray(closes, dtype=np.float64)),
-                "volume": pa.array(np.ones(n)),
+                "volume": pa.array(np.full(n, volume)),
             }
         ),
         path,
     )
 
 
-def _jumpy_market(path: Path, seed: int, *, gaps: bool, n: int = 6000) -> None:
+def _jumpy_market(path: Path, seed: int, *, gaps: bool, n: int = 6000, volume: float = 1.0) -> None:
     """Minute bars with jumps between bars (gap-through stops, targets filled at the open,
     all-in entries that the jump makes too dear), prices on the cent, and with `gaps` about 20
     exchange gaps of 1 to 90 minutes."""
@@ -778,7 +890,7 @@ def _jumpy_market(path: Path, seed: int, *, gaps: bool, n: int = 6000) -> None:
         highs.append(round(max(o, c) * (1 + abs(rng.normal(0, 0.0008))), 2))
         lows.append(round(min(o, c) * (1 - abs(rng.normal(0, 0.0008))), 2))
         price = c
-    _write_bars(path, times, opens, highs, lows, closes)
+    _write_bars(path, times, opens, highs, lows, closes, volume)
 
 
 def _gap_starts(bars: Bars) -> list[int]:
@@ -797,15 +909,26 @@ def test_synthetic_jumpy_market_matches_reference(tmp_path: Path, seed: int) -> 
     # The data exercises the rules that the real months barely touch.
     assert ref.rejected > 0  # an all-in entry that the next open made too dear
     assert any(f.price < orders[f.client_id].price for f in ref.fills if f.reason == "stop_loss")
-    assert any(f.price > orders[f.client_id].price for f in ref.fills if f.reason == "take_profit")
+    # A resting take-profit fills at its own price, even after a gap up through it.
+    assert all(f.price == orders[f.client_id].price for f in ref.fills if f.reason == "take_profit")
     assert _exit_kinds(ref) == {"take_profit", "stop_loss", "time_stop"}
+    # 1 BTC a bar: take-profits of ~0.3 BTC fill 0.1 a bar (participation), the first partial
+    # fill cancels the stop (OCO), and the time stop sells what the take-profit did not.
+    tp_fills = [f for f in ref.fills if f.reason == "take_profit"]
+    assert len(tp_fills) > len([t for t in ref.trades if t.exit_reason == "take_profit"])
+    assert any(
+        o.status == "cancelled"
+        and o.reason == "stop_loss"
+        and orders[o.parent_id + "tp"].filled_qty
+        for o in orders.values()
+    )
     check_against_reference(store, result, bars, ref)
 
 
 def test_synthetic_market_with_gaps_matches_reference(tmp_path: Path) -> None:
     """Positions and orders across exchange gaps (the time stop kept out of it: see below)."""
     data = tmp_path / "BTCUSDT-1m-synthetic.parquet"
-    _jumpy_market(data, 1, gaps=True)
+    _jumpy_market(data, 1, gaps=True, volume=1000.0)  # deep: whole fills, little impact
     p = {**SYNTH_PARAMS, "max_hold_bars": 100_000}
     _, store, result, bars, ref = replay_and_reference(
         tmp_path, data, "2024-05-01", "2024-06-01", p

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scalpd.config.settings import MarketRules
-from scalpd.execution.rules import floor_to_step, round_to_tick, violation
+from scalpd.execution.rules import floor_to_step, price_violation, round_to_tick, violation
 
 BTC = MarketRules(tick_size=0.01, step_size=0.00001, min_qty=0.00001, min_notional_usdt=5.0)
 POL = MarketRules(tick_size=0.0001, step_size=0.1, min_qty=0.1, min_notional_usdt=5.0)
@@ -110,3 +110,13 @@ def test_violation_reasons(qty: float, price: float, rules: MarketRules, fragmen
 
 def test_min_notional_is_inclusive() -> None:
     assert violation(0.0001, 50_000.0, BTC) is None  # exactly 5 USDT
+
+
+def test_max_qty_and_price_tick() -> None:
+    small = BTC.model_copy(update={"max_qty": 2.0})
+    assert violation(2.0, 50_000.0, small) is None
+    assert violation(2.00001, 50_000.0, small) == "quantity 2.00001 above max_qty 2.0"
+    assert price_violation(49_900.01, BTC) is None
+    assert price_violation(49_900.005, BTC) == "price 49900.005 not a multiple of tick_size 0.01"
+    assert price_violation(0.12345, POL) == "price 0.12345 not a multiple of tick_size 0.0001"
+    assert price_violation(0.1234, POL) is None

@@ -14,7 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -41,6 +50,12 @@ class MarketRules(Section):
     step_size: float = Field(0.00001, gt=0, description="quantity step, base units")
     min_qty: float = Field(0.00001, gt=0, description="smallest quantity, base units")
     min_notional_usdt: float = Field(5.0, ge=0, description="smallest order value, USDT")
+    max_qty: float = Field(9_000_000.0, gt=0, description="largest quantity, base units")
+
+
+# A symbol with no entry in `markets` (e.g. the synthetic market) gets these; made once because
+# rules are read on every order and a pydantic model is not cheap to build.
+_DEFAULT_RULES = MarketRules()
 
 
 def _default_markets() -> dict[str, MarketRules]:
@@ -85,7 +100,7 @@ class SymbolsSettings(Section):
         return self
 
     def rules(self, symbol: str) -> MarketRules:
-        return self.markets.get(symbol, MarketRules())
+        return self.markets.get(symbol, _DEFAULT_RULES)
 
 
 class DataSettings(Section):
@@ -154,24 +169,293 @@ class StrategySettings(Section):
 
 
 class RiskSettings(Section):
-    max_order_notional_usdt: float = Field(100_000.0, gt=0)
-    max_position_notional_usdt: float = Field(100_000.0, gt=0)
+    """Pre-trade limits and circuit breakers (scalpd/risk). Exits are never blocked by them."""
+
+    max_order_notional_usdt: float = Field(
+        100_000.0, gt=0, description="USDT, largest single entry (at the limit passes)"
+    )
+    max_position_notional_usdt: float = Field(
+        100_000.0, gt=0, description="USDT, largest position per symbol, held + entries in flight"
+    )
+    max_total_notional_usdt: float = Field(
+        100_000.0, gt=0, description="USDT, all positions and entries in flight together"
+    )
+    max_open_positions: int = Field(
+        5, ge=1, le=1000, description="symbols held or being entered at the same time"
+    )
+    max_daily_loss_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="halt entries when the UTC day's loss (realised + unrealised) reaches this "
+        "share of the day's starting equity; 0 = off",
+    )  # fmt: skip
+    max_daily_loss_usdt: float | None = Field(
+        None, gt=0, description="USDT, the same limit as an amount; the tighter of the two applies"
+    )
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="least model confidence for an entry; intents without pass"
+    )
+    correlation_window_bars: int = Field(
+        240, ge=10, le=100_000, description="bars (minutes) of 1m returns in each correlation"
+    )
+    correlation_min_bars: int = Field(
+        60, ge=10, description="aligned returns a pair needs before its correlation counts"
+    )
+    correlation_threshold: float = Field(
+        0.7, gt=0, le=1, description="pairs correlated at or above this share one exposure limit"
+    )
+    max_correlated_notional_usdt: float = Field(
+        100_000.0, gt=0, description="USDT, a symbol plus every symbol correlated with it"
+    )
+    max_consecutive_losses: int = Field(
+        5, ge=0, le=1000, description="losing round trips in a row that pause entries; 0 = off"
+    )
+    loss_cooldown_min: float = Field(
+        60.0, gt=0, le=10_080, description="minutes entries stay paused after those losses"
+    )
+    jump_sigmas: float = Field(
+        10.0, ge=0, description="pause a symbol when |1m return| exceeds this many sigmas; 0 = off"
+    )
+    jump_halflife_bars: int = Field(
+        60, ge=2, le=100_000, description="bars, half-life of the sigma the jump test uses"
+    )
+    vol_z_max: float = Field(
+        4.0, ge=0, description="pause a symbol when its log 1m range z-score exceeds this; 0 = off"
+    )
+    vol_window_bars: int = Field(
+        240, ge=10, le=100_000, description="bars in the volatility z-score's mean and std"
+    )
+    market_min_bars: int = Field(
+        60, ge=2, description="bars a symbol needs before the jump and volatility tests judge it"
+    )
+    spread_multiple: float = Field(
+        5.0, ge=0, description="pause a symbol when its spread exceeds this x its median; 0 = off"
+    )
+    spread_window: int = Field(
+        300, ge=10, le=100_000, description="book tops in the spread's rolling median"
+    )
+    stale_after_s: float = Field(
+        180.0, ge=0, description="s without a bar after which a symbol is paused; 0 = off"
+    )
+    market_cooldown_min: float = Field(
+        15.0, ge=0, le=10_080, description="minutes a jump, volatility or spread pause lasts"
+    )
+    confidence_floor: float = Field(
+        0.1, ge=0, le=1, description="pause when the rolling mean model confidence drops below"
+    )
+    confidence_window: int = Field(
+        60, ge=1, le=100_000, description="model outputs in that rolling mean"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskSettings:
+        if self.correlation_min_bars > self.correlation_window_bars:
+            raise ValueError(
+                f"correlation_min_bars ({self.correlation_min_bars}) above "
+                f"correlation_window_bars ({self.correlation_window_bars})"
+            )
+        if 0 < self.spread_multiple <= 1:
+            raise ValueError(f"spread_multiple {self.spread_multiple}: allowed 0 (off) or > 1")
+        if 0 < self.stale_after_s < 60:
+            raise ValueError(
+                f"stale_after_s {self.stale_after_s}: allowed 0 (off) or >= 60 (bars are 1m)"
+            )
+        return self
+
+
+class FeeTier(Section):
+    maker_bps: float = Field(ge=0, le=100, description="resting limit fills, bps per side")
+    taker_bps: float = Field(ge=0, le=100, description="market and stop fills, bps per side")
+
+
+def _binance_spot_tiers() -> dict[str, FeeTier]:
+    # Binance spot regular-user rates as of 2024 (maker, taker bps); check your own account's.
+    rates = {
+        "VIP0": (10.0, 10.0), "VIP1": (9.0, 10.0), "VIP2": (8.0, 10.0), "VIP3": (4.2, 6.0),
+        "VIP4": (4.2, 5.4), "VIP5": (3.6, 4.5), "VIP6": (3.0, 4.0), "VIP7": (2.4, 3.5),
+        "VIP8": (1.8, 3.15), "VIP9": (1.2, 3.0),
+    }  # fmt: skip
+    return {name: FeeTier(maker_bps=m, taker_bps=t) for name, (m, t) in rates.items()}
 
 
 class FeesSettings(Section):
-    taker_bps: float = Field(10.0, ge=0, description="market and stop fills, per side")
-    maker_bps: float = Field(10.0, ge=0, description="resting limit fills, per side")
+    """Trading fees (scalpd/execution/fees.py): the account's tier, paid in BNB or in kind."""
+
+    tiers: dict[str, FeeTier] = Field(
+        default_factory=_binance_spot_tiers, description="tier -> maker/taker bps"
+    )
+    tier: str = Field("VIP0", description="the account's fee tier, a key of tiers")
+    pay_in_bnb: bool = Field(
+        False, description="fees paid in BNB at a discount; else in the asset received"
+    )
+    bnb_discount: float = Field(0.25, ge=0, lt=1, description="share off fees paid in BNB")
+    bnb_price_usdt: float = Field(
+        500.0, gt=0, description="fixed BNB price converting BNB fees, USDT (moves not modelled)"
+    )
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, tier: str, info: ValidationInfo) -> str:
+        tiers = info.data.get("tiers")
+        if tiers is not None and tier not in tiers:
+            raise ValueError(f"unknown fee tier; allowed: {', '.join(tiers)}")
+        return tier
+
+    @property
+    def maker_bps(self) -> float:
+        """What a maker fill pays, bps of its value (tier rate less any BNB discount)."""
+        discount = self.bnb_discount if self.pay_in_bnb else 0.0
+        return self.tiers[self.tier].maker_bps * (1 - discount)
+
+    @property
+    def taker_bps(self) -> float:
+        """What a taker fill pays, bps of its value (tier rate less any BNB discount)."""
+        discount = self.bnb_discount if self.pay_in_bnb else 0.0
+        return self.tiers[self.tier].taker_bps * (1 - discount)
 
 
 class SimSettings(Section):
-    """The simulated broker of replay and paper trading."""
+    """The simulated broker of replay and paper trading (scalpd/execution/sim.py)."""
 
     starting_cash_usdt: float = Field(10_000.0, gt=0)
+    half_spread_bps: float = Field(
+        1.0, ge=0, le=1000, description="taker cost where no book is known, bps (>= half a tick)"
+    )
+    impact_coefficient: float = Field(
+        1.0, ge=0, le=100, description="square-root impact: bps = coef * sigma * sqrt(qty/volume)"
+    )
+    max_impact_bps: float = Field(50.0, ge=0, le=10_000, description="cap of the impact, bps")
+    latency_ms: float = Field(
+        50.0, ge=0, le=1000, description="ms from a decision at a bar close to the exchange"
+    )
+    latency_jitter_ms: float = Field(
+        0.0, ge=0, le=1000, description="ms, latency drawn uniformly in latency +- this"
+    )
+    seed: int = Field(0, description="seed of the latency draws")
+    limit_queue: Literal["through", "touch"] = Field(
+        "through", description="a resting limit fills when the price trades through / touches it"
+    )
+    max_participation: float = Field(
+        0.1, gt=0, le=1, description="most of a bar's volume one resting limit order gets"
+    )
+    limit_ttl_bars: int = Field(
+        5, ge=1, le=10_000, description="bars an unfilled limit entry rests before it expires"
+    )
+    tick_tape: bool = Field(
+        False, description="replay: fill against recorded trades and book tops where they exist"
+    )
+
+    @model_validator(mode="after")
+    def _latency_range(self) -> SimSettings:
+        lo, hi = self.latency_ms - self.latency_jitter_ms, self.latency_ms + self.latency_jitter_ms
+        if lo < 0 or hi > 1000:
+            raise ValueError(
+                f"latency_ms +- latency_jitter_ms spans {lo:g}..{hi:g} ms; allowed: 0..1000"
+            )
+        return self
 
 
 class StoreSettings(Section):
     path: Path = Path("state/scalpd.db")
     equity_snapshot_interval_s: int = Field(3600, ge=60, description="equity rows in SQLite")
+
+
+class WalkForwardSettings(Section):
+    """`scalpd walkforward`: retrain on a sliding window, trade the days after it."""
+
+    train_days: float = Field(30.0, gt=0, le=3650, description="days each step trains on")
+    test_days: float = Field(7.0, gt=0, le=3650, description="days each step's model trades")
+    step_days: float = Field(
+        1.0, gt=0, description="days between steps; at most test_days (no day left untested)"
+    )
+    warmup_days: float = Field(
+        1.0, ge=0, le=365, description="days replayed before a test window without trading"
+    )
+    model: Literal["tcn", "transformer", "lstm", "ensemble"] = Field(
+        "tcn", description="network retrained at each step (default architecture)"
+    )
+    epochs: int = Field(2, ge=1, le=1000, description="training epochs per step")
+    seed: int = Field(0, description="training seed (CPU training is bitwise repeatable)")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for training; None = every core"
+    )
+    # A take-profit below the round trip's fees (2 x fees.taker_bps) could never win.
+    take_profit_bps: float = Field(40.0, gt=0, description="label: take-profit barrier, bps")
+    stop_loss_bps: float = Field(25.0, gt=0, description="label: stop-loss barrier, bps")
+    horizon_bars: int = Field(
+        60, ge=1, le=10_000, description="label: time limit, bars (also the purge before a test)"
+    )
+    model_backend: Literal["eager", "onnx", "int8"] = Field(
+        "eager", description="inference in the replays; onnx costs an export at every step"
+    )
+    models_dir: Path = Field(
+        Path("models/walkforward"), description="each run's step models go in <dir>/<run>/"
+    )
+
+    @model_validator(mode="after")
+    def _steps_cover_every_day(self) -> WalkForwardSettings:
+        if self.step_days > self.test_days:
+            raise ValueError(
+                f"step_days ({self.step_days}) above test_days ({self.test_days}) leaves days "
+                "untested"
+            )
+        return self
+
+
+class ReportSettings(Section):
+    """What a replay's report measures beside the strategy (scalpd/replay/report.py)."""
+
+    random_trials: int = Field(
+        20, ge=0, le=100_000,
+        description="random-entry baseline runs (0 = none); each costs about one replay",
+    )  # fmt: skip
+    seed: int = Field(0, description="seed of the random-entry draws (trial i uses seed + i)")
+    vol_window_bars: int = Field(
+        1440, ge=10, description="regimes: trailing window of the volatility percentile, bars"
+    )
+    vol_percentile: float = Field(
+        80.0, gt=0, lt=100, description="regimes: high volatility above this trailing percentile"
+    )
+    trend_er_min: float = Field(
+        0.3, gt=0, lt=1, description="regimes: trending at or above this efficiency ratio"
+    )
+    shock_sigmas: float = Field(
+        4.0, gt=0, description="regimes: a one-bar return beyond this many GARCH sigmas"
+    )
+    shock_bars: int = Field(15, ge=1, description="regimes: bars a shock label lasts")
+    curve_points: int = Field(
+        1000, ge=10, le=100_000, description="points of the stored equity curve (the picture)"
+    )
+
+
+class AlertsSettings(Section):
+    """Operator alerts through apprise (scalpd/ops/alerts.py). The URLs hold webhook tokens: they
+    are secrets like the API keys (never logged, never stored with a run)."""
+
+    urls: list[SecretStr] = Field(
+        default_factory=list,
+        description="apprise URLs (discord://, slack://, json://...); empty = alerts only logged",
+    )
+    min_interval_s: float = Field(
+        300.0, ge=0, description="s, the same alert key again within this is dropped and counted"
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="s, longest one delivery may take; also the drain at shutdown"
+    )
+    disconnect_after_s: float = Field(
+        60.0, gt=0, description="s, alert when market data stays disconnected longer than this"
+    )
+    max_queued: int = Field(
+        100, ge=1, description="alerts waiting for delivery; more are dropped and counted"
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _look_like_urls(cls, urls: list[SecretStr]) -> list[SecretStr]:
+        for i, url in enumerate(urls):
+            if "://" not in url.get_secret_value():
+                # The value is a secret: the message names its position, never its text.
+                raise ValueError(f"urls[{i}] is not an apprise URL (scheme://...)")
+        return urls
 
 
 class LoggingSettings(Section):
@@ -198,6 +482,9 @@ class Settings(BaseSettings):
     fees: FeesSettings = FeesSettings()
     sim: SimSettings = SimSettings()
     store: StoreSettings = StoreSettings()
+    walkforward: WalkForwardSettings = WalkForwardSettings()
+    report: ReportSettings = ReportSettings()
+    alerts: AlertsSettings = AlertsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod
@@ -217,6 +504,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         for key in ("api_key", "api_secret"):
             data["exchange"].pop(key, None)
+        data["alerts"].pop("urls", None)  # webhook tokens
         return data
 
 
@@ -226,7 +514,7 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"config key '{key}' is unknown"
     value = first.get("input")
-    shown = "<secret>" if "api_" in key else repr(value)
+    shown = "<secret>" if "api_" in key or key.startswith("alerts.urls") else repr(value)
     if len(shown) > 120:
         shown = shown[:117] + "..."
     msg = first["msg"].removeprefix("Value error, ")

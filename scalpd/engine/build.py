@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from scalpd.config.settings import Settings
 from scalpd.data.bars import BarColumns
 from scalpd.engine.engine import ClientIds, Engine, EquityCurve, Journal
+from scalpd.engine.portfolio import Portfolio
 from scalpd.engine.ports import Broker, Clock
 from scalpd.risk.gate import RiskGate
 from scalpd.strategy import build_strategy
@@ -41,4 +42,15 @@ def build_engine(
         equity_interval_ms=settings.store.equity_snapshot_interval_s * 1000,
         trade_from_ms=trade_from_ms,
         equity_curve=equity_curve,
+        portfolio=portfolio_for(settings, cash),
+    )
+
+
+def portfolio_for(settings: Settings, cash: float) -> Portfolio:
+    """An empty book that knows the symbols' lot steps (dust) and the BNB price (fees)."""
+    symbols = settings.symbols
+    return Portfolio(
+        cash,
+        step_size=lambda symbol: symbols.rules(symbol).step_size,
+        bnb_price_usdt=settings.fees.bnb_price_usdt,
     )

@@ -94,6 +94,7 @@ class Engine:
         equity_interval_ms: int,
         trade_from_ms: int = 0,
         equity_curve: EquityCurve | None = None,
+        portfolio: Portfolio | None = None,
     ) -> None:
         self._strategy = strategy
         self._risk = risk
@@ -108,7 +109,7 @@ class Engine:
         self.trade_from_ms = trade_from_ms
         self.equity_curve = equity_curve
         self._log = structlog.get_logger("scalpd.engine")
-        self.portfolio = Portfolio(cash)
+        self.portfolio = portfolio if portfolio is not None else Portfolio(cash)
         self.open_orders: dict[str, Order] = {}
         self._filled_qty: dict[str, float] = {}
         # Symbol -> number of entries/exits in flight (bracket legs excluded).
@@ -147,7 +148,7 @@ class Engine:
         if intents and close_ms >= self.trade_from_ms:
             for intent in intents:
                 self._route(intent, bar.close)
-        equity = pf.equity() if pf.positions else pf.cash
+        equity = pf.equity() if pf.positions or pf.dust else pf.cash
         if equity > self.peak_equity:
             self.peak_equity = equity
         else:
@@ -212,6 +213,8 @@ class Engine:
     # -- internals -----------------------------------------------------------------------------
 
     def _route(self, intent: OrderIntent, price: float) -> None:
+        if intent.price is not None:
+            price = intent.price
         decision = self._risk.check(intent, price, self.portfolio.position_qty(intent.symbol))
         self._journal.record_intent(intent, decision)
         if not decision.allowed:
@@ -230,10 +233,11 @@ class Engine:
             client_id=self._ids.next(),
             symbol=intent.symbol,
             side=intent.side,
-            type=OrderType.MARKET,
+            type=OrderType.MARKET if intent.price is None else OrderType.LIMIT,
             qty=intent.qty,
             time_ms=intent.time_ms,
             reason=intent.reason,
+            price=intent.price,
             bracket=intent.bracket,
             reduce_only=intent.reduce_only,
         )

@@ -7,10 +7,11 @@ the same point of the event stream in every mode.
 
 Exits are kept on the exchange: after an entry fills, its take-profit and stop-loss go out as
 one OCO order list (a LIMIT_MAKER above, a STOP_LOSS below), so they survive a crash of the
-daemon and only one of them can fill. They are sized by what the account can sell
-(`sellable_qty`): Binance takes a buy's fee from the base asset bought (unless it is paid in
-BNB), so the account holds less than the entry's quantity, and an OCO for the entry's quantity
-would be refused for insufficient balance.
+daemon and only one of them can fill. They are sized by what our own trading holds of the
+base asset, floored to the lot step: Binance takes a buy's fee from the base asset bought (unless
+it is paid in BNB), so the account holds less than the entry's quantity (an OCO for the entry's
+quantity would be refused for insufficient balance), and the dust earlier exits left below one
+lot step is sold with the next exit, as the simulated broker does.
 
 Every fill's fee and fee asset are the exchange's (its trade data), never recomputed here.
 
@@ -38,7 +39,7 @@ import structlog
 from scalpd.config.settings import MarketRules
 from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
 from scalpd.execution.brackets import bracket_legs
-from scalpd.execution.rules import floor_to_step, sellable_qty
+from scalpd.execution.rules import floor_to_step
 
 log = structlog.get_logger("scalpd.execution.ccxt")
 
@@ -102,6 +103,7 @@ class CcxtBroker:
         self._executions: dict[str, _Execution] = {}  # by client id
         self.brackets: dict[str, LiveBracket] = {}
         self.working_entries: dict[str, _Execution] = {}  # resting limit entries, by client id
+        self._held: dict[str, float] = {}  # base bought less sold and base fees, by symbol
 
     # -- Broker port (synchronous, called by the engine) ---------------------------------------
 
@@ -261,8 +263,8 @@ class CcxtBroker:
         if entry.bracket is None or execution.filled_qty <= 0:
             return
         rules = self._rules[entry.symbol]
-        base = entry.symbol.split("/")[0]
-        qty = sellable_qty(execution.filled_qty, execution.base_fee, base, base, rules.step_size)
+        # The entry less its base-asset fee plus the dust earlier exits left, floored to the step.
+        qty = floor_to_step(max(self._held.get(entry.symbol, 0.0), 0.0), rules.step_size)
         await self._arm_bracket(entry, execution.average_price, execution.last_fill_ms, qty)
 
     async def _arm_bracket(self, entry: Order, fill_price: float, fill_ms: int, qty: float) -> None:
@@ -371,6 +373,14 @@ class CcxtBroker:
             execution.last_fill_ms = max(execution.last_fill_ms, time_ms)
             if fee_asset == base:
                 execution.base_fee += fee_cost
+            # Our own base balance of the symbol (never the account's other holdings): what
+            # an exit may sell, dust from earlier exits included, as the simulated broker does.
+            held = self._held.get(order.symbol, 0.0)
+            if order.side is Side.BUY:
+                held += qty - (fee_cost if fee_asset == base else 0.0)
+            else:
+                held -= qty
+            self._held[order.symbol] = held
             self._reports.append(
                 Fill(
                     order.client_id,

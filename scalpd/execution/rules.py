@@ -39,10 +39,21 @@ def violation(qty: float, price: float, rules: MarketRules) -> str | None:
         return f"quantity {qty} is not positive"
     if qty < rules.min_qty:
         return f"quantity {qty} below min_qty {rules.min_qty}"
+    if qty > rules.max_qty:
+        return f"quantity {qty} above max_qty {rules.max_qty}"
     if abs(floor_to_step(qty, rules.step_size) - qty) > rules.step_size * 1e-6:
         return f"quantity {qty} not a multiple of step_size {rules.step_size}"
     if qty * price < rules.min_notional_usdt:
         return f"notional {qty * price:.4f} below min_notional {rules.min_notional_usdt}"
+    return None
+
+
+def price_violation(price: float, rules: MarketRules) -> str | None:
+    """Why the exchange would reject a limit or stop price, or None."""
+    if not (price > 0 and math.isfinite(price)):
+        return f"price {price} is not positive"
+    if round_to_tick(price, rules.tick_size) != price:
+        return f"price {price} not a multiple of tick_size {rules.tick_size}"
     return None
 
 

@@ -3,6 +3,10 @@
 Per closed bar: learn what resting exits did (`broker.sync`), run the engine's per-event code
 (the same `Engine.on_bar` replay calls), then send what it decided (`broker.flush`). Paper mode
 swaps the ccxt broker for the simulated one and nothing else.
+
+Under systemd (`systemd/scalpd.service`) it reports READY once market data flows, pings the
+watchdog from this event loop and says STOPPING on shutdown; start, stop and fatal errors go
+to the operator through `self.alerter` (scalpd/ops), which other parts use for their alerts.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from scalpd.live.book_feed import BookFeed
 from scalpd.live.exchange import make_exchange, market_rules
 from scalpd.live.source import CcxtBarSource
 from scalpd.logs import configure_logging
+from scalpd.ops import alerts, systemd
+from scalpd.ops.alerts import Alerter
 from scalpd.store.sqlite import Store
 
 log = structlog.get_logger("scalpd.live")
@@ -43,6 +49,8 @@ class Daemon:
         self.recording: TickRecording | None = None
         self.run_id: int | None = None
         self.bars_processed = 0
+        self.alerter: Alerter | None = None
+        self._ready = False
         self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
 
@@ -67,6 +75,10 @@ class Daemon:
                 file=sys.stderr,
             )
             return 2
+        # First: a bad alert URL is a configuration error, and any later failure is alerted.
+        self.alerter = alerter = Alerter(settings.alerts)
+        watchdog = systemd.Watchdog()
+        watchdog.start()
         store = Store(settings.store.path)
         exchange = make_exchange(settings.exchange)
         status, error = "failed", ""
@@ -77,10 +89,14 @@ class Daemon:
             cash = settings.sim.starting_cash_usdt
             if self.paper:
                 broker: SimBroker | CcxtBroker = SimBroker(
-                    cash=cash, fees=settings.fees, rules=rules
+                    cash=cash, fees=settings.fees, rules=rules, sim=settings.sim
                 )
             else:
-                broker = CcxtBroker(exchange, rules)
+                broker = CcxtBroker(
+                    exchange,
+                    rules,
+                    limit_ttl_bars=getattr(settings.sim, "limit_ttl_bars", 5),
+                )
                 balance = await exchange.fetch_balance()
                 cash = float(balance.get("USDT", {}).get("free") or 0.0)
             label = f"{self.mode}: {exchange.urls['api']['public']}"
@@ -97,6 +113,11 @@ class Daemon:
                 exchange, symbols, settings.exchange, trades=settings.symbols.stream_trades
             )
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
+            alerter.send(
+                alerts.START,
+                f"scalpd started ({self.mode})",
+                f"run {self.run_id}: {', '.join(symbols)}",
+            )
             if settings.data.record_ticks:
                 self.recording = TickRecording(exchange, settings)
             try:
@@ -117,15 +138,22 @@ class Daemon:
         except asyncio.CancelledError:
             status = "interrupted"
             raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
+            systemd.stopping()
             if self.run_id is not None:
                 if self.engine is not None:
                     self.engine.finish(WallClock().now_ms())
                 summary = self._summary()
                 store.finish_run(self.run_id, status, summary, error)
                 log.info("daemon_stopped", run_id=self.run_id, status=status, **summary)
+            self._alert_stopped(status, error)
             await exchange.close()
             store.close()
+            await watchdog.stop()
+            await asyncio.to_thread(alerter.close, settings.alerts.timeout_s)
 
     async def _loop(self, engine: Engine, broker: SimBroker | CcxtBroker) -> None:
         assert self.source is not None
@@ -144,6 +172,10 @@ class Daemon:
                     await asyncio.gather(next_event, return_exceptions=True)
                     break
                 event = next_event.result()
+                if not self._ready:  # market data flows: systemd may consider us started
+                    self._ready = True
+                    systemd.ready()
+                    systemd.status(f"{self.mode} run {self.run_id}: trading")
                 kind = type(event)
                 if kind is Trade:
                     engine.on_trade(event)
@@ -152,7 +184,7 @@ class Daemon:
                     engine.on_gap(event)
                     continue
                 if live_broker is not None:
-                    await live_broker.sync()
+                    await live_broker.sync(event)
                 engine.on_bar(event)
                 if live_broker is not None:
                     await live_broker.flush()
@@ -171,6 +203,29 @@ class Daemon:
         finally:
             stop_wait.cancel()
             await source.close()
+
+    def _alert_stopped(self, status: str, error: str) -> None:
+        if self.alerter is None:
+            return
+        summary = self._summary()
+        facts = ", ".join(
+            f"{k} {summary[k]}" for k in ("bars", "trades", "equity_usdt") if k in summary
+        )
+        where = f"run {self.run_id}" if self.run_id is not None else "before its run started"
+        if status == "failed":
+            self.alerter.send(
+                alerts.ERROR,
+                f"scalpd stopped on an error ({self.mode})",
+                f"{where}: {error or 'unknown error'}. {facts}".strip(),
+                level="error",
+            )
+        else:
+            self.alerter.send(
+                alerts.STOP,
+                f"scalpd stopped ({self.mode})",
+                f"{where}: {status}. {facts}".strip(),
+                level="warning" if status == "interrupted" else "info",
+            )
 
     def _summary(self) -> dict[str, Any]:
         engine = self.engine

@@ -26,6 +26,7 @@ import numpy as np
 
 from scalpd.config.settings import Settings
 from scalpd.data.bars import BarColumns
+from scalpd.engine.build import portfolio_for
 from scalpd.engine.engine import ClientIds, Engine, EquityCurve
 from scalpd.engine.portfolio import ClosedTrade
 from scalpd.engine.ports import Broker, SimClock
@@ -116,6 +117,7 @@ def run_engine(
         equity_interval_ms=settings.store.equity_snapshot_interval_s * 1000,
         trade_from_ms=trade_from_ms,
         equity_curve=EquityCurve(),
+        portfolio=portfolio_for(settings, cash),
     )
     drive(engine, source)
     return engine

@@ -20,6 +20,7 @@ from scalpd.engine.build import build_engine
 from scalpd.engine.engine import Engine, EquityCurve
 from scalpd.engine.ports import SimClock
 from scalpd.execution.sim import SimBroker
+from scalpd.execution.ticktape import TickTape, load_tape
 from scalpd.replay.capital import check_capital
 from scalpd.replay.report import build_report
 from scalpd.replay.source import ReplaySource
@@ -179,6 +180,8 @@ def run_replay(
             cash=settings.sim.starting_cash_usdt,
             fees=settings.fees,
             rules={s: settings.symbols.rules(s) for s in source.symbols},
+            sim=settings.sim,
+            tapes=recorded_tapes(settings, source) if settings.sim.tick_tape else None,
         )
         engine = build_engine(
             settings,
@@ -222,6 +225,17 @@ def run_replay(
     store.save_report(run_id, report)
     store.finish_run(run_id, "completed", summary)
     return ReplayResult(run_id, summary, engine, report)
+
+
+def recorded_tapes(settings: Settings, source: ReplaySource) -> dict[str, TickTape]:
+    """The trades and book tops recorded in the bar store over the replayed period."""
+    end_ms = source.last_close_time_ms
+    tapes = {}
+    for symbol in source.symbols:
+        tape = load_tape(settings.data.market_root, symbol, source.first_open_time_ms, end_ms)
+        if tape is not None:
+            tapes[symbol] = tape
+    return tapes
 
 
 def _rejected_orders(store: Store, run_id: int) -> int:

@@ -183,6 +183,7 @@ def test_scalpd_run_cli_against_fake_exchange_by_hand(tmp_path: Path, paper: boo
             "SCALPD_EXCHANGE__WS_URL": ws.rstrip(","),
             "SCALPD_STORE__PATH": str(tmp_path / "cli.db"),
             "SCALPD_LOGGING__FORMAT": "json",
+            "SCALPD_LOGGING__LEVEL": "debug",  # every log line there is, for the secrets check
             "SCALPD_EXCHANGE__API_KEY": "fake-key",
             "SCALPD_EXCHANGE__API_SECRET": "fake-secret",
         }
@@ -201,8 +202,14 @@ def test_scalpd_run_cli_against_fake_exchange_by_hand(tmp_path: Path, paper: boo
     store = Store(tmp_path / "cli.db")
     (run,) = list(store.db["runs"].rows)
     assert run["mode"] == ("paper" if paper else "live") and run["status"] == "completed"
-    assert "fake-secret" not in done.stdout + done.stderr
     assert store.db["equity"].count >= 1
+    store.close()
+    # The API key and secret are in no log line and no database row (the files' raw bytes,
+    # write-ahead log included).
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("cli.db*"))
+    for secret in ("fake-key", "fake-secret"):
+        assert secret not in done.stdout + done.stderr
+        assert secret.encode() not in stored
 
 
 def test_recording_ticks_beside_trading_never_stops_trading(tmp_path: Path) -> None:

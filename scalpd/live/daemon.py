@@ -293,7 +293,12 @@ class TickRecording:
 
 
 def run_daemon(settings: Settings, *, paper: bool, max_bars: int | None = None) -> int:
-    configure_logging(settings.logging.level, settings.logging.format)
+    secrets = [
+        key.get_secret_value()
+        for key in (settings.exchange.api_key, settings.exchange.api_secret)
+        if key is not None
+    ]
+    configure_logging(settings.logging.level, settings.logging.format, secrets=secrets)
     daemon = Daemon(settings, paper=paper, max_bars=max_bars)
 
     async def main() -> int:

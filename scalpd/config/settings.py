@@ -8,6 +8,7 @@ owner-only secrets file and are held as `SecretStr`, so they never print.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import tomllib
@@ -458,6 +459,34 @@ class AlertsSettings(Section):
         return urls
 
 
+class MetricsSettings(Section):
+    """The Prometheus endpoint (scalpd/ops/metrics.py): GET http://host:port/metrics."""
+
+    enabled: bool = Field(False, description="serve the metrics endpoint while the daemon runs")
+    # Before host: host's validator reads it.
+    allow_remote: bool = Field(
+        False, description="allow a host other than loopback (the endpoint has no authentication)"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on; loopback unless allowed")
+    port: int = Field(9464, ge=1, le=65535, description="TCP port")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_only(cls, host: str, info: ValidationInfo) -> str:
+        if info.data.get("allow_remote", False) or host == "localhost":
+            return host
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                "not a loopback address (127.0.0.1, ::1, localhost); the endpoint has no "
+                "authentication: set metrics.allow_remote = true to listen there anyway"
+            )
+        return host
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -485,6 +514,7 @@ class Settings(BaseSettings):
     walkforward: WalkForwardSettings = WalkForwardSettings()
     report: ReportSettings = ReportSettings()
     alerts: AlertsSettings = AlertsSettings()
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -171,6 +171,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(settings, paper=args.paper, max_bars=args.max_bars)
 
 
+# -- ctl (the running daemon's control socket) -------------------------------------------------
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    import orjson
+
+    from scalpd.ops.control import ControlError, call, format_result
+
+    if args.path and args.action != "reload-model":
+        raise CliError(f"ctl {args.action} takes no PATH (only reload-model does)")
+    if not args.timeout_s > 0:
+        raise CliError(f"--timeout-s {args.timeout_s}: allowed > 0")
+    socket_path = Path(args.socket) if args.socket else _settings(args).control.socket_path
+    extra: dict[str, Any] = {}
+    if args.action == "pause":
+        extra["reason"] = args.reason
+    elif args.action == "resume":
+        extra["breaker"] = args.breaker
+    elif args.action == "reload-model" and args.path:
+        # The daemon's working directory may not be ours.
+        extra["path"] = str(Path(args.path).resolve())
+    try:
+        result = call(socket_path, args.action, timeout_s=args.timeout_s, **extra)
+    except ControlError as exc:
+        print(f"scalpd: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif result is None or result == {}:
+        print(f"{args.action}: ok")
+    else:
+        print(format_result(result))
+    return 0
+
+
 # -- download --------------------------------------------------------------------------------
 
 
@@ -342,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="SQLite store (default: store.path)")
     p.add_argument("--max-bars", type=int, help="stop after this many closed bars (testing)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ctl", help="talk to the running daemon through its control socket")
+    p.add_argument(
+        "action", choices=["status", "pause", "resume", "flatten", "reload-model"],
+        help="status; pause/resume entries (exits go on); flatten: close every position; "
+        "reload-model: load the model at PATH (default: the configured one)",
+    )  # fmt: skip
+    p.add_argument("path", nargs="?", help="reload-model: the model directory")
+    p.add_argument("--socket", metavar="PATH", help="socket (default: control.socket_path)")
+    p.add_argument("--reason", help="pause: why, shown in status and the logs")
+    p.add_argument("--breaker", help="resume: only this breaker (default: every one)")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="s to wait for the answer")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_ctl)
 
     from scalpd.data.cli import DEFAULT_ROOT
 

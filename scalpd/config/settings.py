@@ -487,6 +487,25 @@ class MetricsSettings(Section):
         return host
 
 
+class ControlSettings(Section):
+    """The control socket (scalpd/ops/control.py) that `scalpd ctl` and the terminal UI use."""
+
+    enabled: bool = Field(True, description="serve the control socket while the daemon runs")
+    socket_path: Path = Field(
+        Path("state/scalpd.sock"),
+        description="Unix socket, owner-only (0600); its directory is created 0700 if missing",
+    )
+
+    @field_validator("socket_path")
+    @classmethod
+    def _fits_sun_path(cls, path: Path) -> Path:
+        # sun_path holds 107 bytes; the daemon binds through a private directory beside the
+        # socket (<dir>/.ctlXXXXXXXX/s), up to 15 bytes longer than the path itself.
+        if len(os.fsencode(path)) > 90:
+            raise ValueError("longer than 90 bytes, too long for a Unix socket path")
+        return path
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -515,6 +534,7 @@ class Settings(BaseSettings):
     report: ReportSettings = ReportSettings()
     alerts: AlertsSettings = AlertsSettings()
     metrics: MetricsSettings = MetricsSettings()
+    control: ControlSettings = ControlSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

@@ -145,9 +145,23 @@ def _overrides(p: dict[str, Any], db: Path, data: Path) -> dict[str, dict[str, A
         "risk": {
             "max_order_notional_usdt": p["max_order_notional"],
             "max_position_notional_usdt": p["max_position_notional"],
+            # The reference checks fill and position rules; the circuit breakers have their
+            # own tests (tests/test_engine_risk.py), so they are off here.
+            **BREAKERS_OFF,
         },
         "store": {"path": str(db)},
     }
+
+
+BREAKERS_OFF = {
+    "max_daily_loss_fraction": 0.0,
+    "max_consecutive_losses": 0,
+    "jump_sigmas": 0.0,
+    "vol_z_max": 0.0,
+    "spread_multiple": 0.0,
+    "stale_after_s": 0.0,
+    "confidence_floor": 0.0,
+}
 
 
 # -- the independent reference -------------------------------------------------------------------

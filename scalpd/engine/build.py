@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from scalpd.config.settings import Settings
 from scalpd.data.bars import BarColumns
 from scalpd.engine.engine import ClientIds, Engine, EquityCurve, Journal
 from scalpd.engine.portfolio import Portfolio
 from scalpd.engine.ports import Broker, Clock
-from scalpd.risk.gate import RiskGate
+from scalpd.risk.breakers import RiskEvent, RiskState
+from scalpd.risk.manager import RiskManager
 from scalpd.strategy import build_strategy
 
 
@@ -29,11 +30,16 @@ def build_engine(
     trade_from_ms: int = 0,
     equity_curve: EquityCurve | None = None,
     replay_bars: Sequence[BarColumns] | None = None,
+    risk_state: RiskState | None = None,
+    on_risk_event: Callable[[RiskEvent], None] | None = None,
+    save_risk_state: Callable[[str], None] | None = None,
 ) -> Engine:
-    """`replay_bars`: replay only, the whole series it will feed (see run_replay)."""
+    """`replay_bars`: replay only, the whole series it will feed (see run_replay).
+    `risk_state`: a restored risk state (the daemon); None: a fresh one (replay). The two
+    callbacks: see `Engine`."""
     return Engine(
         strategy=build_strategy(settings, replay_bars),
-        risk=RiskGate(settings.risk),
+        risk=build_risk(settings, risk_state),
         broker=broker,
         journal=journal,
         clock=clock,
@@ -43,7 +49,14 @@ def build_engine(
         trade_from_ms=trade_from_ms,
         equity_curve=equity_curve,
         portfolio=portfolio_for(settings, cash),
+        on_risk_event=on_risk_event,
+        save_risk_state=save_risk_state,
     )
+
+
+def build_risk(settings: Settings, state: RiskState | None = None) -> RiskManager:
+    """The risk manager every engine uses (replay, its baselines, paper and live)."""
+    return RiskManager(settings.risk, state)
 
 
 def portfolio_for(settings: Settings, cash: float) -> Portfolio:

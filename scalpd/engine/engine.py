@@ -5,16 +5,27 @@ loop over batches, the live runner calls them as events arrive from the network.
 the broker port, records to the journal port; neither call blocks.
 
 The order of work at each closed bar is fixed, so every mode sees the same sequence:
-1. the broker's reports due by this bar's close (fills, cancels, armed exits) are booked;
-2. the strategy sees the bar and the account, and returns intents;
-3. each intent passes the risk gate, is journaled as an order, then sent to the broker;
-4. equity and drawdown are updated.
+1. the broker's reports due by this bar's close (fills, cancels, armed exits) are booked; each
+   round trip they close goes to the risk manager (losing streak);
+2. the risk manager sees the bar (market breakers) and the equity marked at its close (daily
+   loss), so a breach at this bar already stops this bar's entries;
+3. the strategy sees the bar and the account, and returns intents (a model strategy's output
+   goes to the risk manager as its confidence);
+4. each intent passes the risk manager (`RiskManager.check`: exits always pass, so a paused
+   engine still manages its positions), is journaled as an order, then sent to the broker;
+5. drawdown and the equity record are updated;
+6. breaker transitions are logged ("risk_breaker", at info: the daemon's alert of each is the
+   warning) and handed to `on_risk_event`, and a changed risk state to `save_risk_state` (the
+   daemon persists it).
+
+The engine does no I/O of its own for the risk layer either: the daemon passes those two
+callbacks; replay passes none (its runs start from a fresh risk state and keep it in memory).
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -33,7 +44,9 @@ from scalpd.events import (
     OrderUpdate,
     Trade,
 )
-from scalpd.risk.gate import Decision, RiskGate
+from scalpd.risk.breakers import RiskEvent
+from scalpd.risk.gate import Decision
+from scalpd.risk.manager import PAUSED_PREFIX, RiskManager, holdings_usdt
 from scalpd.strategy.base import Strategy
 
 
@@ -85,7 +98,7 @@ class Engine:
         self,
         *,
         strategy: Strategy,
-        risk: RiskGate,
+        risk: RiskManager,
         broker: Broker,
         journal: Journal,
         clock: Clock,
@@ -95,9 +108,18 @@ class Engine:
         trade_from_ms: int = 0,
         equity_curve: EquityCurve | None = None,
         portfolio: Portfolio | None = None,
+        on_risk_event: Callable[[RiskEvent], None] | None = None,
+        save_risk_state: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_risk_event`: called with every breaker trip and reset (the daemon alerts);
+        `save_risk_state`: called with `risk.state.to_json()` whenever it changed (the daemon
+        stores it, so a restart keeps a halt); neither may block."""
         self._strategy = strategy
-        self._risk = risk
+        self.risk = risk
+        self.on_risk_event = on_risk_event
+        self._save_risk_state = save_risk_state
+        # A model strategy's latest output per symbol (see strategy/base.py); None: a rule.
+        self._confidences: dict[str, float] | None = getattr(strategy, "last_probability", None)
         self._broker = broker
         self._journal = journal
         self._clock = clock
@@ -141,14 +163,23 @@ class Engine:
         self._clock.observe(close_ms)
         reports = self._broker.on_bar(bar)
         if reports:
-            self.apply_reports(reports)
+            self._book(reports)
         pf = self.portfolio
         pf.last_price[bar.symbol] = bar.close
+        risk = self.risk
+        risk.on_bar(bar, close_ms)
+        # Routing sends orders but fills none, so this is also the equity after the intents.
+        equity = pf.equity() if pf.positions or pf.dust else pf.cash
+        risk.on_equity(close_ms, equity)
         intents = self._strategy.on_bar(bar, self)
+        confidences = self._confidences
+        if confidences is not None:
+            p = confidences.get(bar.symbol)
+            if p is not None:
+                risk.on_confidence(close_ms, p)
         if intents and close_ms >= self.trade_from_ms:
             for intent in intents:
                 self._route(intent, bar.close)
-        equity = pf.equity() if pf.positions or pf.dust else pf.cash
         if equity > self.peak_equity:
             self.peak_equity = equity
         else:
@@ -164,6 +195,8 @@ class Engine:
             )
         self.last_bar_ms[bar.symbol] = bar.open_time_ms
         self.bars_seen += 1
+        if risk.has_events() or self._save_risk_state is not None:
+            self._risk_outputs()
 
     def on_gap(self, gap: Gap) -> None:
         self.gaps_seen += 1
@@ -182,6 +215,50 @@ class Engine:
 
     def apply_reports(self, reports: Sequence) -> None:
         """Book broker reports: fills, order updates, and orders the broker made (exit legs)."""
+        self._book(reports)
+        self._risk_outputs()
+
+    # -- time and a person (the risk manager's other inputs) ----------------------------------
+
+    def tick(self, now_ms: int) -> None:
+        """Time passed without a bar (live: the daemon calls this every second): cool-downs
+        end, the UTC day rolls over, a symbol whose bars stopped is paused (stale data).
+        `now_ms` is on the bars' time scale (see Daemon)."""
+        self.risk.tick(now_ms)
+        self._risk_outputs()
+
+    def pause(self, now_ms: int, reason: str = "operator") -> None:
+        """Stop entries until `resume`; exits (time stops, brackets) go on."""
+        self.risk.pause(now_ms, reason)
+        self._risk_outputs()
+
+    def resume(self, now_ms: int, breaker: str | None = None) -> list[str]:
+        """Reset one tripped breaker by name, or all (None); returns the names reset."""
+        names = self.risk.resume(now_ms, breaker)
+        self._risk_outputs()
+        return names
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _risk_outputs(self) -> None:
+        risk = self.risk
+        if risk.has_events():
+            callback = self.on_risk_event
+            for event in risk.drain_events():
+                # Info: expected in a replay; live, the daemon's alert of it is the warning.
+                self._log.info(
+                    "risk_breaker",
+                    breaker=event.breaker,
+                    action=event.action,
+                    reason=event.reason,
+                    time_ms=event.time_ms,
+                )
+                if callback is not None:
+                    callback(event)
+        if self._save_risk_state is not None and risk.take_dirty():
+            self._save_risk_state(risk.state.to_json())
+
+    def _book(self, reports: Sequence) -> None:
         for report in reports:
             kind = type(report)
             if kind is Fill:
@@ -210,15 +287,26 @@ class Engine:
         pf = self.portfolio
         self._journal.record_equity(time_ms, pf.equity(), pf.cash)
 
-    # -- internals -----------------------------------------------------------------------------
-
     def _route(self, intent: OrderIntent, price: float) -> None:
         if intent.price is not None:
             price = intent.price
-        decision = self._risk.check(intent, price, self.portfolio.position_qty(intent.symbol))
+        pf = self.portfolio
+        if intent.reduce_only:
+            decision = self.risk.check(intent, price, pf.position_qty(intent.symbol))
+        else:
+            confidences = self._confidences
+            decision = self.risk.check(
+                intent,
+                price,
+                pf.position_qty(intent.symbol),
+                book=holdings_usdt(pf, self.open_orders.values()),
+                confidence=None if confidences is None else confidences.get(intent.symbol),
+            )
         self._journal.record_intent(intent, decision)
         if not decision.allowed:
-            self._log.warning(
+            # A breaker's pause refuses entries by design (its trip was logged): not a warning.
+            paused = decision.reason.startswith(PAUSED_PREFIX)
+            (self._log.info if paused else self._log.warning)(
                 "intent_rejected",
                 symbol=intent.symbol,
                 side=intent.side.value,
@@ -282,6 +370,7 @@ class Engine:
         if trade is not None:
             self.trades.append(trade)
             self._journal.record_trade(trade)
+            self.risk.on_trade_closed(trade)
         self._strategy.on_fill(fill)
 
     def _on_update(self, update: OrderUpdate) -> None:

@@ -7,13 +7,24 @@ swaps the ccxt broker for the simulated one and nothing else.
 Under systemd (`systemd/scalpd.service`) it reports READY once market data flows, pings the
 watchdog from this event loop and says STOPPING on shutdown; start, stop and fatal errors go
 to the operator through `self.alerter` (scalpd/ops), which other parts use for their alerts.
+
+Risk: every breaker trip and reset is alerted (BREAKER_TRIP, DAILY_LOSS_LIMIT; resets at level
+info), and the risk state is saved in the store under the account key (`risk_account`) each
+time it changes and restored at start, so a restart keeps a halt or a cool-down. A task calls
+`Engine.tick` every `RISK_TICK_S` so stale data and the end of a cool-down are noticed with no
+bar coming. The risk layer's time is the bars' time: the last bar's close plus the wall time
+since it was handled. On a real exchange that is the wall clock; against the fake exchange,
+whose time is its data's (minutes served faster than real time), cool-downs and the day run on
+the data's time, and stale data means `risk.stale_after_s` of wall time with no bar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 import sys
+import time
 from typing import Any
 
 import ccxt
@@ -33,9 +44,40 @@ from scalpd.live.source import CcxtBarSource
 from scalpd.logs import configure_logging
 from scalpd.ops import alerts, systemd
 from scalpd.ops.alerts import Alerter
+from scalpd.risk.breakers import DAILY_LOSS, TRIP, RiskEvent, RiskState, kind_of
 from scalpd.store.sqlite import Store
 
 log = structlog.get_logger("scalpd.live")
+
+# How often the risk layer is told that time passed (stale data, cool-downs, the UTC day).
+RISK_TICK_S = 1.0
+
+
+def risk_account(settings: Settings, paper: bool) -> str:
+    """The key the risk state is saved under: one per account traded, so a halt follows the
+    account across restarts (and run ids) but not to another account. Live: the exchange and
+    a hash of the API key (never the key); paper: the exchange (one simulated account)."""
+    name = settings.exchange.name
+    if paper:
+        return f"paper:{name}"
+    key = settings.exchange.api_key
+    digest = hashlib.sha256(key.get_secret_value().encode()).hexdigest()[:16] if key else "-"
+    return f"live:{name}:{digest}"
+
+
+def restore_risk_state(store: Store, account: str) -> RiskState | None:
+    """The account's saved risk state; None when it has none. An unreadable one stops the
+    start: trading on as if nothing were tripped could ignore a halt."""
+    text = store.load_risk_state(account)
+    if text is None:
+        return None
+    try:
+        return RiskState.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RuntimeError(
+            f"risk state of account {account!r} in {store.path} is unreadable ({exc}); "
+            "check it, then delete that risk_state row to start with no breaker tripped"
+        ) from None
 
 
 class Daemon:
@@ -50,6 +92,10 @@ class Daemon:
         self.run_id: int | None = None
         self.bars_processed = 0
         self.alerter: Alerter | None = None
+        self.risk_account = risk_account(settings, paper)
+        # The risk layer's clock (see the module doc): the latest bar close handled, and when.
+        self._data_ms: int | None = None
+        self._data_mono_s = 0.0
         self._ready = False
         self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
@@ -100,6 +146,8 @@ class Daemon:
                 balance = await exchange.fetch_balance()
                 cash = float(balance.get("USDT", {}).get("free") or 0.0)
             label = f"{self.mode}: {exchange.urls['api']['public']}"
+            account = self.risk_account
+            risk_state = restore_risk_state(store, account)
             self.run_id = store.start_run(self.mode, settings.redacted(), label)
             self.engine = engine = build_engine(
                 settings,
@@ -108,7 +156,17 @@ class Daemon:
                 clock=WallClock(),
                 run_id=self.run_id,
                 cash=cash,
+                risk_state=risk_state,
+                on_risk_event=self._alert_risk,
+                save_risk_state=lambda state_json: store.save_risk_state(account, state_json),
             )
+            if risk_state is not None:
+                log.info(
+                    "risk_state_restored",
+                    account=account,
+                    tripped=risk_state.tripped(),
+                    consecutive_losses=risk_state.consecutive_losses,
+                )
             self.source = CcxtBarSource(
                 exchange, symbols, settings.exchange, trades=settings.symbols.stream_trades
             )
@@ -160,6 +218,7 @@ class Daemon:
         live_broker = broker if isinstance(broker, CcxtBroker) else None
         source = self.source
         stop_wait = asyncio.ensure_future(self._stop.wait())
+        ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
         source.start()
         try:
             while not self._stop.is_set():
@@ -186,6 +245,10 @@ class Daemon:
                 if live_broker is not None:
                     await live_broker.sync(event)
                 engine.on_bar(event)
+                close_ms = event.open_time_ms + 60_000
+                if self._data_ms is None or close_ms >= self._data_ms:
+                    self._data_ms = close_ms
+                    self._data_mono_s = time.monotonic()
                 if live_broker is not None:
                     await live_broker.flush()
                 async with self._progress:
@@ -202,7 +265,43 @@ class Daemon:
                     break
         finally:
             stop_wait.cancel()
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
             await source.close()
+
+    def risk_now_ms(self) -> int | None:
+        """Now on the bars' time scale (see the module doc); None before the first bar."""
+        if self._data_ms is None:
+            return None
+        return self._data_ms + int((time.monotonic() - self._data_mono_s) * 1000)
+
+    async def _tick_risk(self, engine: Engine) -> None:
+        while True:
+            await asyncio.sleep(RISK_TICK_S)
+            now_ms = self.risk_now_ms()
+            if now_ms is not None:
+                engine.tick(now_ms)
+
+    def _alert_risk(self, event: RiskEvent) -> None:
+        if self.alerter is None:
+            return
+        daily = kind_of(event.breaker) == DAILY_LOSS
+        if event.action == TRIP:
+            self.alerter.send(
+                alerts.DAILY_LOSS_LIMIT if daily else alerts.BREAKER_TRIP,
+                f"risk breaker {event.breaker} tripped ({self.mode}): entries paused",
+                f"run {self.run_id}: {event.reason}",
+                key=f"risk:{event.breaker}:trip",
+                level="warning",
+            )
+        else:
+            self.alerter.send(
+                alerts.DAILY_LOSS_LIMIT if daily else alerts.BREAKER_TRIP,
+                f"risk breaker {event.breaker} reset ({self.mode})",
+                f"run {self.run_id}: {event.reason}",
+                key=f"risk:{event.breaker}:reset",
+                level="info",
+            )
 
     def _alert_stopped(self, status: str, error: str) -> None:
         if self.alerter is None:

@@ -7,7 +7,9 @@
 * **Random entries** (`scalpd/strategy/random_entries.py`): the strategy's own position rule
   (sizing, bracket, time stop) entered at random bar closes, as many per symbol as the
   strategy made trades, through the same engine and a copy of the same simulated broker (same
-  fees, fill model and slippage). Run `report.random_trials` times (trial i seeded with
+  fees, fill model and slippage) and under the same risk limits and breakers (`build_risk`,
+  from a fresh state: an entry a breaker refuses uses up its drawn time, as a refused entry of
+  the strategy is lost). Run `report.random_trials` times (trial i seeded with
   `report.seed + i`); each costs about one replay of a rule strategy, and the engine does not
   journal these runs. The strategy's p-value for a metric is the share of random runs doing at
   least as well (one-sided; runs where the metric is undefined are left out).
@@ -26,7 +28,7 @@ import numpy as np
 
 from scalpd.config.settings import Settings
 from scalpd.data.bars import BarColumns
-from scalpd.engine.build import portfolio_for
+from scalpd.engine.build import build_risk, portfolio_for
 from scalpd.engine.engine import ClientIds, Engine, EquityCurve
 from scalpd.engine.portfolio import ClosedTrade
 from scalpd.engine.ports import Broker, SimClock
@@ -34,7 +36,6 @@ from scalpd.events import BAR_INTERVAL_MS
 from scalpd.replay.metrics import compute_metrics
 from scalpd.replay.source import ReplaySource
 from scalpd.replay.summary import equity_arrays
-from scalpd.risk.gate import RiskGate
 from scalpd.strategy.base import Strategy
 from scalpd.strategy.long_only import LongOnly
 from scalpd.strategy.random_entries import RandomEntries, draw_entries, fresh_position_rule
@@ -108,7 +109,8 @@ def run_engine(
     source = ReplaySource(series)
     engine = Engine(
         strategy=strategy,
-        risk=RiskGate(settings.risk),
+        # The run's limits and breakers, from a fresh state as the run itself started.
+        risk=build_risk(settings),
         broker=broker,
         journal=NullJournal(),
         clock=SimClock(source.first_open_time_ms),

@@ -1,4 +1,10 @@
-"""`scalpd replay`: load bars, run them through the engine on a simulated clock, store the run."""
+"""`scalpd replay`: load bars, run them through the engine on a simulated clock, store the run.
+
+Risk: a replay runs under the same risk manager as live (limits and circuit breakers from
+`settings.risk`), from a fresh state: it never restores a saved one, and does not save its own
+(the risk_state table holds accounts'); its breaker trips are logged as they happen and
+counted in the summary (`risk_trips`: breaker kind -> trips).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from scalpd.replay.capital import check_capital
 from scalpd.replay.report import build_report
 from scalpd.replay.source import ReplaySource
 from scalpd.replay.summary import summarize
+from scalpd.risk.breakers import kind_of
 from scalpd.store.sqlite import Store
 
 log = structlog.get_logger("scalpd.replay")
@@ -203,6 +210,7 @@ def run_replay(
         slippage = float(getattr(broker, "slippage_paid_usdt", 0.0))
         summary = summarize(engine, source, inp.label, run_s, inp.load_s, trade_from_ms, slippage)
         summary.setdefault("rejected_orders", _rejected_orders(store, run_id))
+        summary.setdefault("risk_trips", risk_trips(engine))
         report = build_report(
             settings,
             run_id=run_id,
@@ -236,6 +244,16 @@ def recorded_tapes(settings: Settings, source: ReplaySource) -> dict[str, TickTa
         if tape is not None:
             tapes[symbol] = tape
     return tapes
+
+
+def risk_trips(engine: Engine) -> dict[str, int]:
+    """Breaker kind (per-symbol ones summed over symbols) -> times it tripped in the run."""
+    out: dict[str, int] = {}
+    for name, breaker in engine.risk.state.breakers.items():
+        if breaker.trips:
+            kind = kind_of(name)
+            out[kind] = out.get(kind, 0) + breaker.trips
+    return dict(sorted(out.items()))
 
 
 def _rejected_orders(store: Store, run_id: int) -> int:

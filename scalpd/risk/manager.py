@@ -65,6 +65,8 @@ _MINUTE_MS = 60_000
 _RANGE_FLOOR = 1e-5
 # Book tops the spread median needs before a blow-out is judged.
 _SPREAD_MIN_SAMPLES = 30
+# How every refusal by a tripped breaker begins (the engine logs those quieter than a limit's).
+PAUSED_PREFIX = "paused by "
 # Kinds that reset on their own when their cool-down ends.
 _COOLDOWN_KINDS = frozenset({CONSECUTIVE_LOSSES, PRICE_JUMP, VOLATILITY, SPREAD})
 
@@ -101,9 +103,13 @@ class RiskManager:
         self._market_cooldown_ms = int(s.market_cooldown_min * _MINUTE_MS)
         self._stale_ms = int(s.stale_after_s * 1000)
         self._jump_sigmas = s.jump_sigmas
+        self._jump_sigmas_sq = s.jump_sigmas * s.jump_sigmas
         self._loss_fraction = s.max_daily_loss_fraction
         self._loss_usdt = math.inf if s.max_daily_loss_usdt is None else s.max_daily_loss_usdt
         self._vol_z_max = s.vol_z_max
+        # The daily loss limit (USDT) and the day start equity it was computed for.
+        self._limit_start: float | None = None
+        self._limit = math.inf
         self._market_min_bars = s.market_min_bars
         # Derived from the breakers (so a restored state needs no more): the earliest cool-down
         # end, and whether a stale-data breaker is tripped; the per-bar path reads only these.
@@ -112,6 +118,10 @@ class RiskManager:
         self._refresh()
 
     # -- outputs -------------------------------------------------------------------------------
+
+    def has_events(self) -> bool:
+        """Whether `drain_events` has anything (the engine asks after every event)."""
+        return bool(self._events)
 
     def drain_events(self) -> list[RiskEvent]:
         """Breaker trips and resets since the last call, oldest first."""
@@ -192,45 +202,47 @@ class RiskManager:
                 stale = self.state.breakers.get(market.stale_name)
                 if stale is not None and stale.tripped:
                     self._reset(market.stale_name, "fresh bar", now)
-        self.tick(now)
+        if now > self._ticked_ms:
+            self.tick(now)
         if open_ms <= market.prev_open_ms:
             return  # a duplicate or late bar: its minute is already counted
         close, high, low = bar.close, bar.high, bar.low
         if not (close > 0 and low > 0 and high >= low and math.isfinite(high)):
             return  # a malformed bar says nothing about the market; the feed counts it
+        # The tests below compare squares (r^2 > k^2 var) so that a calm bar, nearly every bar,
+        # costs no square root: this runs for every bar of every replay.
         if open_ms == market.prev_open_ms + _MINUTE_MS:
             # A return across a gap would mix minutes: none is taken there.
             r = math.log(close / market.prev_close)
             sigma_est = market.sigma
-            jump_k = self._jump_sigmas
-            if jump_k and sigma_est.n >= self._market_min_bars:
-                sigma = sigma_est.sigma
-                if sigma > 0 and abs(r) > jump_k * sigma:
+            if self._jump_sigmas and sigma_est.n >= self._market_min_bars:
+                var = sigma_est.var
+                if var > 0 and r * r > self._jump_sigmas_sq * var:
                     self._trip(
                         f"{PRICE_JUMP}:{symbol}",
-                        f"1m return {r * 1e4:+.1f} bps beyond {jump_k:g} sigma "
-                        f"({sigma * 1e4:.1f} bps)",
+                        f"1m return {r * 1e4:+.1f} bps beyond {self._jump_sigmas:g} sigma "
+                        f"({math.sqrt(var) * 1e4:.1f} bps)",
                         now,
                         until_ms=now + self._market_cooldown_ms,
                     )
             sigma_est.update(r)
             if len(self._market) > 1:  # a lone symbol has nothing to correlate with
                 self._corr.add(symbol, open_ms, r)
-        log_range = math.log(max(math.log(high / low), _RANGE_FLOOR))
-        ranges = market.log_range
         z_max = self._vol_z_max
-        if z_max and ranges.n >= self._market_min_bars:
-            std = ranges.std()
-            if std > 0:
-                z = (log_range - ranges.mean()) / std
-                if z > z_max:
+        if z_max:  # off: the range statistics are not kept at all
+            range_ = math.log(high / low)
+            log_range = math.log(range_ if range_ > _RANGE_FLOOR else _RANGE_FLOOR)
+            ranges = market.log_range
+            if ranges.n >= self._market_min_bars:
+                z = ranges.z_above(log_range, z_max)
+                if z:
                     self._trip(
                         f"{VOLATILITY}:{symbol}",
                         f"1m range z-score {z:.1f} > vol_z_max {z_max:g}",
                         now,
                         until_ms=now + self._market_cooldown_ms,
                     )
-        ranges.add(log_range)
+            ranges.add(log_range)
         market.prev_open_ms = open_ms
         market.prev_close = close
 
@@ -268,8 +280,11 @@ class RiskManager:
             st.day_start_equity = equity
             self._dirty = True
         start = st.day_start_equity
-        fraction = self._loss_fraction
-        limit = self._loss_usdt if not fraction else min(fraction * start, self._loss_usdt)
+        if start != self._limit_start:
+            fraction, cap = self._loss_fraction, self._loss_usdt
+            self._limit_start = start
+            self._limit = cap if not fraction else min(fraction * start, cap)
+        limit = self._limit
         loss = start - equity
         if loss >= limit:  # never, with both limits off (inf)
             self._trip(
@@ -474,7 +489,7 @@ class RiskManager:
             if scope is None or scope == symbol:
                 b = st.breakers[name]
                 return (
-                    f"paused by {name} since {iso_ms(b.tripped_ms)}: {b.reason}; "
+                    f"{PAUSED_PREFIX}{name} since {iso_ms(b.tripped_ms)}: {b.reason}; "
                     f"{reset_rule(name, b)}"
                 )
         return None

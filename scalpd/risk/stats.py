@@ -74,6 +74,21 @@ class RollingMeanStd:
     def mean(self) -> float:
         return self._sum / self.n if self.n else math.nan
 
+    def z_above(self, x: float, z_min: float) -> float:
+        """x's z-score in the window when it is above `z_min` (> 0), else 0.0. Compares
+        squares first, so the common answer (not above) costs no square root."""
+        n = self.n
+        if n < 2:
+            return 0.0
+        mean = self._sum / n
+        d = x - mean
+        if d <= 0.0:
+            return 0.0
+        var = max(self._sumsq - n * mean * mean, 0.0) / (n - 1)
+        if var <= 0.0 or d * d <= z_min * z_min * var:
+            return 0.0
+        return d / math.sqrt(var)
+
     def std(self) -> float:
         n = self.n
         if n < 2:

@@ -21,6 +21,11 @@ class StrategyContext(Protocol):
 
 
 class Strategy(Protocol):
+    """A strategy driven by a model may also expose `last_probability: dict[str, float]`,
+    symbol -> the model's output at the symbol's latest bar (absent when it gave none there):
+    the engine reads it after each bar as the confidence the risk manager judges (minimum
+    confidence for an entry, confidence collapse). Rule strategies have none."""
+
     name: str
 
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:

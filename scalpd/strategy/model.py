@@ -178,11 +178,15 @@ class ModelStrategy:
             if replay_bars is None
             else PrecomputedProbabilities.from_bars(artifact, replay_bars, settings.model_backend)
         )
+        # Symbol -> this bar's P(take-profit first) (NaN: no prediction): the engine hands it
+        # to the risk manager as the model's confidence (see strategy/base.py).
         self.last_probability: dict[str, float] = {}
 
     def on_bar(self, bar: Bar, ctx: StrategyContext) -> Sequence[OrderIntent]:
         p_up = self.probabilities.on_bar(bar)
         if p_up is None:
+            # No output at this bar: the engine must not take an older one for it.
+            self.last_probability.pop(bar.symbol, None)
             return NO_INTENTS
         self.last_probability[bar.symbol] = p_up
         # NaN (no prediction) never enters.

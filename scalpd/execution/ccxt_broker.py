@@ -39,7 +39,8 @@ import structlog
 from scalpd.config.settings import MarketRules
 from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate, Side
 from scalpd.execution.brackets import bracket_legs
-from scalpd.execution.rules import floor_to_step
+from scalpd.execution.fees import base_asset
+from scalpd.execution.rules import floor_to_step, sellable_qty
 
 log = structlog.get_logger("scalpd.execution.ccxt")
 
@@ -264,7 +265,7 @@ class CcxtBroker:
             return
         rules = self._rules[entry.symbol]
         # The entry less its base-asset fee plus the dust earlier exits left, floored to the step.
-        qty = floor_to_step(max(self._held.get(entry.symbol, 0.0), 0.0), rules.step_size)
+        qty = sellable_qty(self._held.get(entry.symbol, 0.0), rules.step_size)
         await self._arm_bracket(entry, execution.average_price, execution.last_fill_ms, qty)
 
     async def _arm_bracket(self, entry: Order, fill_price: float, fill_ms: int, qty: float) -> None:
@@ -357,7 +358,7 @@ class CcxtBroker:
                     "takerOrMaker": None,
                 }
             ]
-        base = order.symbol.split("/")[0]
+        base = base_asset(order.symbol)
         for trade in trades:
             trade_id = str(trade.get("id"))
             if trade_id in execution.trade_ids:

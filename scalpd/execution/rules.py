@@ -57,10 +57,8 @@ def price_violation(price: float, rules: MarketRules) -> str | None:
     return None
 
 
-def sellable_qty(
-    bought_qty: float, fee: float, fee_asset: str, base_asset: str, step: float
-) -> float:
-    """What can be sold after buying `bought_qty`: a fee taken in the base asset is gone, and
-    an order must be a whole number of lot steps (the rest stays as dust)."""
-    net = bought_qty - fee if fee_asset == base_asset else bought_qty
-    return floor_to_step(net, step)
+def sellable_qty(held_base: float, step: float) -> float:
+    """What an exit may sell: the base asset our trading holds (bought, less base-asset fees
+    and what was sold, dust of earlier exits included), floored to the lot step. Both brokers
+    size exits with it."""
+    return floor_to_step(max(held_base, 0.0), step)

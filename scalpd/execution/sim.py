@@ -20,7 +20,7 @@ Fill rules (`MinuteBarFillModel`, minute bars):
   of the bar's volume a bar. After `sim.limit_ttl_bars` bars the unfilled rest expires.
 - An entry's bracket is armed when the entry completes or expires, on what the account holds
   (the fills less a base-asset fee, plus dust earlier exits left, floored to the lot step:
-  `sellable_qty`), at its average fill price, and is checked from that bar on. Stop-loss
+  `rules.sellable_qty`), at its average fill price, and is checked from that bar on. Stop-loss
   (stop-market): triggers when the low reaches it, fills at min(stop, open) (a gap fills at the
   open) less half spread and impact, as a taker, all of it. Take-profit (limit): the limit
   queue rule and participation cap, at its own price (a resting order does, even when the
@@ -300,11 +300,8 @@ class SimBroker:
     def _arm(self, entry: Working, time_ms: int, reports: list) -> None:
         order = entry.order
         rules = self._rules[order.symbol]
-        base = base_asset(order.symbol)
-        # What the account can sell: the entry less its base-asset fee, plus the dust earlier
-        # exits left (it adds to the same balance), floored to the lot step.
-        dust = self.base.get(order.symbol, 0.0) - (entry.filled - entry.base_fee)
-        qty = sellable_qty(entry.filled + dust, entry.base_fee, base, base, rules.step_size)
+        # The balance already holds the entry less its base-asset fee, plus earlier dust.
+        qty = sellable_qty(self.base.get(order.symbol, 0.0), rules.step_size)
         price = entry.notional / entry.filled
         take_profit, stop_loss = bracket_legs(order, price, time_ms, rules, qty)
         reports.append(take_profit)

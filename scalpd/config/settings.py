@@ -506,6 +506,31 @@ class ControlSettings(Section):
         return path
 
 
+class LiveSettings(Section):
+    """What the daemon does around its orders when it starts and stops (scalpd/live)."""
+
+    stray_orders: Literal["cancel", "keep"] = Field(
+        "cancel",
+        description=(
+            "open orders found on the exchange at start that this database does not know "
+            "(placed by hand or by another bot): cancel them, or keep them (left alone, alerted)"
+        ),
+    )
+    cancel_on_stop: bool = Field(
+        False,
+        description=(
+            "on SIGTERM, cancel our resting orders (limit entries and take-profit/stop-loss) "
+            "before exiting; off keeps the exits on the exchange protecting the positions"
+        ),
+    )
+    order_lookup_tries: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="lookups by client id of an order whose placement timed out, before giving up",
+    )
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -535,6 +560,7 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     metrics: MetricsSettings = MetricsSettings()
     control: ControlSettings = ControlSettings()
+    live: LiveSettings = LiveSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

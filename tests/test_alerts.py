@@ -9,10 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import structlog
@@ -28,62 +24,11 @@ from scalpd.ops.alerts import (
     secret_fragments,
     target_label,
 )
+from tests.conftest import Endpoint, closed_port
 
 TOKEN = "Zq7tok3n-not-a-real-webhook-9fX2"
 PASSWORD = "pw-Hh51-not-real"
 WAIT_S = 20  # only a bound on a hang: every wait returns as soon as its condition holds
-
-
-class Endpoint:
-    """An HTTP server in a thread that records each POSTed JSON body; `gate` holds replies."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        self.paths: list[str] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.request_started = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
-                outer.request_started.set()
-                outer.gate.wait(WAIT_S)
-                outer.received.append(body)
-                outer.paths.append(self.path)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str = "alerts") -> str:
-        return f"json://127.0.0.1:{self.port}/{path}"
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def endpoint() -> Iterator[Endpoint]:
-    ep = Endpoint()
-    yield ep
-    ep.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def settings(*urls: str, **kw) -> AlertsSettings:

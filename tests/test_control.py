@@ -299,7 +299,8 @@ def test_missing_socket_is_no_daemon(tmp_path: Path) -> None:
     assert str(info.value) == f"no daemon listening at {path} (is `scalpd run` running?)"
 
 
-def test_socket_path_setting_is_validated() -> None:
+def test_socket_path_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCALPD_CONTROL__SOCKET_PATH", raising=False)  # set by conftest
     assert load_settings(None).control.socket_path == Path("state/scalpd.sock")
     with pytest.raises(ConfigError, match="control.socket_path.*too long for a Unix socket"):
         load_settings(None, {"control": {"socket_path": "/tmp/" + "d" * 90 + "/s.sock"}})

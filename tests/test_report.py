@@ -103,13 +103,17 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
         conn.executescript(
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
             "INSERT INTO meta VALUES ('schema_version', '1');"
+            # The order and fill tables as the first schema had them (later versions add to them).
+            "CREATE TABLE orders (client_id TEXT PRIMARY KEY, run_id INTEGER, status TEXT);"
+            "CREATE TABLE fills (id INTEGER PRIMARY KEY, client_id TEXT, trade_id TEXT,"
+            " symbol TEXT);"
             "CREATE TABLE runs (id INTEGER PRIMARY KEY, mode TEXT NOT NULL, status TEXT NOT NULL,"
             " started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER, data_label TEXT,"
             " config_json TEXT NOT NULL, summary_json TEXT, error TEXT);"
             "INSERT INTO runs VALUES (1, 'replay', 'completed', 0, 1, 'old', '{}', '{}', NULL);"
         )
     store = Store(db)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert store.run(1)["data_label"] == "old"
     assert store.report_json(1) is None
     store.save_report(1, {"run_id": 1})

@@ -109,12 +109,16 @@ def test_sqlite_saves_and_loads_risk_state(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_version_2_store_is_migrated_to_3(tmp_path: Path) -> None:
+def test_a_version_2_store_is_migrated(tmp_path: Path) -> None:
     db = tmp_path / "v2.db"
     with sqlite3.connect(db) as conn:
         conn.executescript(
             "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
             "INSERT INTO meta VALUES ('schema_version', '2');"
+            # The order and fill tables as the first schema had them (later versions add to them).
+            "CREATE TABLE orders (client_id TEXT PRIMARY KEY, run_id INTEGER, status TEXT);"
+            "CREATE TABLE fills (id INTEGER PRIMARY KEY, client_id TEXT, trade_id TEXT,"
+            " symbol TEXT);"
             "CREATE TABLE runs (id INTEGER PRIMARY KEY, mode TEXT NOT NULL, status TEXT NOT NULL,"
             " started_at_ms INTEGER NOT NULL, finished_at_ms INTEGER, data_label TEXT,"
             " config_json TEXT NOT NULL, summary_json TEXT, error TEXT);"
@@ -124,12 +128,16 @@ def test_a_version_2_store_is_migrated_to_3(tmp_path: Path) -> None:
             "INSERT INTO reports VALUES (1, 5, '{\"run_id\": 1}');"
         )
     store = Store(db)
-    assert store.schema_version == SCHEMA_VERSION == 3
+    assert store.schema_version == SCHEMA_VERSION == 4
     assert store.run(1)["data_label"] == "old"
     assert store.report_json(1) == '{"run_id": 1}'
     text = halted_manager().state.to_json()
     store.save_risk_state("1", text)
     assert store.load_risk_state("1") == text
+    assert {"take_profit_bps", "stop_loss_bps", "exchange_id"} <= set(
+        store.db["orders"].columns_dict
+    )
+    assert "account" in store.db["runs"].columns_dict
     store.close()
 
 

@@ -33,10 +33,12 @@ def build_engine(
     risk_state: RiskState | None = None,
     on_risk_event: Callable[[RiskEvent], None] | None = None,
     save_risk_state: Callable[[str], None] | None = None,
+    portfolio: Portfolio | None = None,
 ) -> Engine:
     """`replay_bars`: replay only, the whole series it will feed (see run_replay).
     `risk_state`: a restored risk state (the daemon); None: a fresh one (replay). The two
-    callbacks: see `Engine`."""
+    callbacks: see `Engine`. `portfolio`: a book rebuilt from an earlier run's fills (the
+    daemon, scalpd/live/recovery.py); None: an empty one holding `cash`."""
     return Engine(
         strategy=build_strategy(settings, replay_bars),
         risk=build_risk(settings, risk_state),
@@ -48,7 +50,7 @@ def build_engine(
         equity_interval_ms=settings.store.equity_snapshot_interval_s * 1000,
         trade_from_ms=trade_from_ms,
         equity_curve=equity_curve,
-        portfolio=portfolio_for(settings, cash),
+        portfolio=portfolio if portfolio is not None else portfolio_for(settings, cash),
         on_risk_event=on_risk_event,
         save_risk_state=save_risk_state,
     )

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import structlog
 
+from scalpd.engine.orders import can_move
 from scalpd.engine.portfolio import ClosedTrade, Portfolio, Position
 from scalpd.engine.ports import Broker, Clock
 from scalpd.events import (
@@ -42,6 +43,7 @@ from scalpd.events import (
     OrderStatus,
     OrderType,
     OrderUpdate,
+    Side,
     Trade,
 )
 from scalpd.risk.breakers import RiskEvent
@@ -133,6 +135,8 @@ class Engine:
         self._log = structlog.get_logger("scalpd.engine")
         self.portfolio = portfolio if portfolio is not None else Portfolio(cash)
         self.open_orders: dict[str, Order] = {}
+        # The state of each open order (scalpd/engine/orders.py); ended orders leave.
+        self.order_status: dict[str, OrderStatus] = {}
         self._filled_qty: dict[str, float] = {}
         # Symbol -> number of entries/exits in flight (bracket legs excluded).
         self._working: dict[str, int] = {}
@@ -238,6 +242,29 @@ class Engine:
         self._risk_outputs()
         return names
 
+    def flatten(self, time_ms: int, reason: str = "flatten") -> list[str]:
+        """Close every position with a reduce-only market sell, routed as a strategy exit
+        (journaled first, past the risk manager, the symbol's bracket cancelled first); returns
+        the client ids sent. A symbol whose exit is already in flight is left to it: a second
+        sell of the same holding could only be refused. Resting limit entries are not touched
+        (pause first to stop new ones). The live broker sends them at its next `flush()`."""
+        exiting = {
+            o.symbol for o in self.open_orders.values() if o.reduce_only and o.parent_id is None
+        }
+        before = set(self.open_orders)
+        for symbol, pos in list(self.portfolio.positions.items()):
+            if symbol in exiting or pos.qty <= 0:
+                continue
+            intent = OrderIntent(symbol, Side.SELL, pos.qty, reason, time_ms, None, True)
+            self._route(intent, self.portfolio.last_price.get(symbol, pos.avg_price))
+        self._risk_outputs()
+        return [cid for cid in self.open_orders if cid not in before]
+
+    @property
+    def strategy(self) -> Strategy:
+        """The strategy deciding (the daemon swaps a model strategy's model through it)."""
+        return self._strategy
+
     # -- internals -----------------------------------------------------------------------------
 
     def _risk_outputs(self) -> None:
@@ -269,6 +296,7 @@ class Engine:
                 # An exit the broker armed on the exchange for us: already resting there.
                 self._journal.record_order(report, OrderStatus.OPEN)
                 self.open_orders[report.client_id] = report
+                self.order_status[report.client_id] = OrderStatus.OPEN
                 self._log.info(
                     "exit_armed",
                     client_id=report.client_id,
@@ -281,6 +309,18 @@ class Engine:
             else:
                 self.anomalies += 1
                 self._log.error("unknown_broker_report", report=repr(report))
+
+    def restore_orders(self, orders: Sequence[tuple[Order, float, OrderStatus]]) -> None:
+        """Orders an earlier run sent and did not see end, with what it booked of them and
+        their state: their reports are booked like this run's own (a restart,
+        scalpd/live/recovery.py)."""
+        for order, filled_qty, status in orders:
+            self.open_orders[order.client_id] = order
+            self.order_status[order.client_id] = status
+            if filled_qty > 0:
+                self._filled_qty[order.client_id] = filled_qty
+            if order.parent_id is None:
+                self._working[order.symbol] = self._working.get(order.symbol, 0) + 1
 
     def finish(self, time_ms: int) -> None:
         """Record the final equity (the end of a replay, or a clean shutdown)."""
@@ -332,6 +372,7 @@ class Engine:
         # Journal first: after a crash the order is known even if the send never happened.
         self._journal.record_order(order)
         self.open_orders[order.client_id] = order
+        self.order_status[order.client_id] = OrderStatus.NEW
         self._working[order.symbol] = self._working.get(order.symbol, 0) + 1
         self._log.info(
             "order",
@@ -367,6 +408,7 @@ class Engine:
             self._on_update(OrderUpdate(fill.client_id, OrderStatus.FILLED, fill.time_ms, filled))
         else:
             self._filled_qty[fill.client_id] = filled
+            self.order_status[fill.client_id] = OrderStatus.PARTIALLY_FILLED
         if trade is not None:
             self.trades.append(trade)
             self._journal.record_trade(trade)
@@ -379,10 +421,22 @@ class Engine:
             self.anomalies += 1
             self._log.error("update_for_unknown_order", client_id=update.client_id)
             return
+        current = self.order_status.get(update.client_id, OrderStatus.NEW)
+        if not can_move(current, update.status):
+            self.anomalies += 1
+            self._log.error(
+                "illegal_order_transition",
+                client_id=update.client_id,
+                status=current.value,
+                reported=update.status.value,
+            )
+            return
+        self.order_status[update.client_id] = update.status
         filled = max(update.filled_qty, self._filled_qty.get(update.client_id, 0.0))
         self._journal.record_order_update(update, filled)
         if update.status in TERMINAL_STATUSES:
             del self.open_orders[update.client_id]
+            del self.order_status[update.client_id]
             self._filled_qty.pop(update.client_id, None)
             if order.parent_id is None:
                 left = self._working[order.symbol] - 1

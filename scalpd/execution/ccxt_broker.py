@@ -41,6 +41,7 @@ from scalpd.events import Bar, Fill, Order, OrderStatus, OrderType, OrderUpdate,
 from scalpd.execution.brackets import bracket_legs
 from scalpd.execution.fees import base_asset
 from scalpd.execution.rules import floor_to_step, sellable_qty
+from scalpd.faults import crash_point
 
 log = structlog.get_logger("scalpd.execution.ccxt")
 
@@ -92,12 +93,16 @@ class CcxtBroker:
         *,
         max_rate_limit_retries: int = 5,
         limit_ttl_bars: int = DEFAULT_LIMIT_TTL_BARS,
+        order_lookup_tries: int = 3,
+        backoff_initial_s: float = 1.0,
     ) -> None:
         if limit_ttl_bars < 1:
             raise ValueError("limit_ttl_bars must be at least 1")
         self._ex = exchange
         self._rules = rules
         self._max_retries = max_rate_limit_retries
+        self._lookup_tries = order_lookup_tries
+        self._backoff_initial_s = backoff_initial_s
         self._limit_ttl_bars = limit_ttl_bars
         self._outbox: list[tuple[str, Any]] = []
         self._reports: list = []
@@ -105,6 +110,7 @@ class CcxtBroker:
         self.brackets: dict[str, LiveBracket] = {}
         self.working_entries: dict[str, _Execution] = {}  # resting limit entries, by client id
         self._held: dict[str, float] = {}  # base bought less sold and base fees, by symbol
+        self.anomalies = 0  # order answers and trades from the exchange not booked (see logs)
 
     # -- Broker port (synchronous, called by the engine) ---------------------------------------
 
@@ -141,7 +147,7 @@ class CcxtBroker:
             if bar is not None and bar.symbol != execution.order.symbol:
                 continue
             execution.age_bars += 1
-            info = await self._fetch(execution.order)
+            info = await self._poll(execution.order)
             if info is None:
                 continue
             await self._on_entry_status(client_id, execution, info)
@@ -151,7 +157,7 @@ class CcxtBroker:
             for leg in (bracket.stop_loss, bracket.take_profit):
                 if leg.client_id in bracket.done:
                     continue
-                info = await self._fetch(leg)
+                info = await self._poll(leg)
                 if info is None:
                     continue
                 await self._book_fills(leg, info)
@@ -162,6 +168,116 @@ class CcxtBroker:
             if len(bracket.done) == 2:
                 del self.brackets[symbol]
                 self._forget_legs(bracket)
+
+    def has_unbooked_fills(self) -> bool:
+        """Fills learnt from the exchange that the engine has not booked (journaled) yet."""
+        return any(type(r) is Fill for r in self._reports)
+
+    def take_reports(self) -> list:
+        """Every report not handed over yet, of every symbol (recovery books them at once)."""
+        reports, self._reports = self._reports, []
+        return reports
+
+    # -- taking over from an earlier run (scalpd/live/recovery.py) ---------------------------
+
+    def set_held(self, symbol: str, qty: float) -> None:
+        """What our own trading holds of `symbol`'s base asset (the rebuilt book's position
+        plus dust): what exits may sell."""
+        self._held[symbol] = qty
+
+    async def take_over(self, order: Order, filled_qty: float, trade_ids: set[str]) -> str:
+        """Learn on the exchange what became of an order an earlier run recorded and did not
+        see end (`filled_qty` and `trade_ids` were booked then), and report what it missed:
+        fills, the end, an entry's bracket. Returns what was found, for the log: "gone" (not on
+        the exchange), "resting" (still working there) or "ended"."""
+        execution = self._executions.setdefault(order.client_id, _Execution(order))
+        execution.filled_qty = filled_qty
+        execution.trade_ids |= trade_ids
+        info = await self._fetch(order)
+        if info is None:
+            return "gone"
+        if order.parent_id is not None:  # a bracket leg: its pair is rebuilt by adopt_bracket
+            await self._book_fills(order, info)
+            if info.get("status") in _CLOSED_STATUSES:
+                self._report_end(order, info)
+                return "ended"
+            return "resting"
+        if info.get("status") not in _CLOSED_STATUSES:
+            await self._book_fills(order, info)
+            if order.type is OrderType.LIMIT:
+                self.working_entries[order.client_id] = execution
+            partly = execution.filled_qty > 0
+            status = OrderStatus.PARTIALLY_FILLED if partly else OrderStatus.OPEN
+            self._reports.append(
+                OrderUpdate(
+                    order.client_id,
+                    status,
+                    _time_of(info),
+                    execution.filled_qty,
+                    execution.exchange_id,
+                )
+            )
+            return "resting"
+        await self._book_fills(order, info)
+        self._report_end(order, info)
+        if not await self._adopt_armed_bracket(order):
+            await self._arm_bracket_on_fills(execution)
+        self._executions.pop(order.client_id, None)
+        return "ended"
+
+    def adopt_bracket(self, take_profit: Order, stop_loss: Order, done: set[str]) -> None:
+        """Track an OCO pair an earlier run armed; `done`: the legs known to be closed."""
+        bracket = LiveBracket(take_profit.parent_id + "oco", take_profit, stop_loss, set(done))
+        self.brackets[take_profit.symbol] = bracket
+        for leg in (take_profit, stop_loss):
+            self._executions.setdefault(leg.client_id, _Execution(leg))
+
+    async def _adopt_armed_bracket(self, entry: Order) -> bool:
+        """A crash can come after an entry's OCO was sent and before its legs were recorded:
+        then the legs rest on the exchange under the ids `bracket_legs` gives them. Report them
+        (the engine records them) and track them instead of arming a second pair."""
+        if entry.bracket is None:
+            return False
+        rules = self._rules[entry.symbol]
+        legs = bracket_legs(entry, 1.0, entry.time_ms, rules, 0.0)  # ids only
+        found = [await self._fetch(leg) for leg in legs]
+        if found[0] is None or found[1] is None:
+            return False
+        adopted = []
+        for leg, info in zip(legs, found, strict=True):
+            price = float(info.get("stopPrice") or info.get("price") or 0.0)
+            adopted.append(
+                leg._replace(qty=float(info.get("amount") or 0.0), price=price or leg.price)
+            )
+        self._reports += adopted
+        done = set()
+        for leg, info in zip(adopted, found, strict=True):
+            self._executions[leg.client_id] = _Execution(leg)
+            await self._book_fills(leg, info)
+            if info.get("status") in _CLOSED_STATUSES:
+                done.add(leg.client_id)
+                self._report_end(leg, info)
+        if len(done) < 2:
+            self.adopt_bracket(adopted[0], adopted[1], done)
+        log.warning("bracket_adopted", entry_id=entry.client_id, closed_legs=sorted(done))
+        return True
+
+    async def open_orders(self, symbols: Sequence[str]) -> list[dict[str, Any]]:
+        """The account's open orders on the exchange, for `symbols`."""
+        found: list[dict[str, Any]] = []
+        for symbol in symbols:
+            found += await self._call(self._ex.fetch_open_orders, symbol)
+        return found
+
+    async def cancel_by_client_id(self, symbol: str, client_id: str) -> None:
+        market = self._ex.market(symbol)
+        try:
+            await self._call(
+                self._ex.private_delete_order,
+                {"symbol": market["id"], "origClientOrderId": client_id},
+            )
+        except ccxt.OrderNotFound:
+            pass  # ended meanwhile
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -179,6 +295,7 @@ class CcxtBroker:
             params["timeInForce"] = "GTC"
         else:
             kind, price = "market", None
+        crash_point("order_recorded")
         try:
             info = await self._call(
                 self._ex.create_order,
@@ -193,6 +310,11 @@ class CcxtBroker:
         except (ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
             self._reject(order, f"{type(exc).__name__}: {exc}")
             return
+        except (ccxt.RateLimitExceeded, ccxt.DDoSProtection) as exc:
+            # Refused before it was processed (a 429/418 answer), after every retry.
+            self._reject(order, f"still rate limited: {exc}")
+            return
+        crash_point("order_sent")
         if info is None:
             self._reject(order, "not accepted: no answer and not found by client id")
             return
@@ -295,6 +417,7 @@ class CcxtBroker:
                 self._reject(leg, f"{type(exc).__name__}: {exc}")
             log.error("bracket_rejected", entry_id=entry.client_id, error=str(exc))
             return
+        crash_point("bracket_sent")
         for leg in (take_profit, stop_loss):
             self._executions[leg.client_id] = _Execution(leg)
         self.brackets[entry.symbol] = LiveBracket(list_id, take_profit, stop_loss)
@@ -331,11 +454,38 @@ class CcxtBroker:
         )
 
     async def _book_fills(self, order: Order, info: dict[str, Any]) -> None:
-        """Report the order's fills not reported yet, with the exchange's fee and fee asset."""
+        """Report the order's fills not reported yet, with the exchange's fee and fee asset.
+
+        What the exchange says is checked before anything is booked: an answer about another
+        order (its id or client id not ours) is ignored whole; a trade of another order, or
+        without a finite positive quantity and price and a finite non-negative fee, is logged
+        with its raw fields, counted in `anomalies` and never booked (nor counted again)."""
         execution = self._executions.setdefault(order.client_id, _Execution(order))
-        if info.get("id") is not None:
-            execution.exchange_id = info["id"]
-        filled = float(info.get("filled") or 0.0)
+        answer_id, answer_client_id = info.get("id"), info.get("clientOrderId")
+        if (
+            answer_id is not None
+            and execution.exchange_id is not None
+            and str(answer_id) != str(execution.exchange_id)
+        ) or answer_client_id not in (None, order.client_id):
+            self.anomalies += 1
+            log.error(
+                "order_answer_for_another_order",
+                client_id=order.client_id,
+                exchange_id=execution.exchange_id,
+                answer_id=repr(answer_id)[:80],
+                answer_client_id=repr(answer_client_id)[:80],
+            )
+            return
+        if answer_id is not None:
+            execution.exchange_id = answer_id
+        try:
+            filled = float(info.get("filled") or 0.0)
+        except (TypeError, ValueError):
+            filled = float("nan")
+        if not 0 <= filled < float("inf"):
+            self.anomalies += 1
+            log.error("order_answer_bad_filled", client_id=order.client_id, filled=repr(filled))
+            return
         if filled <= execution.filled_qty * (1 + _QTY_REL_EPS):
             return
         trades = info.get("trades") or []
@@ -351,7 +501,7 @@ class CcxtBroker:
             trades = [
                 {
                     "id": f"{info.get('id')}-{filled}",
-                    "price": info["average"],
+                    "price": info.get("average"),
                     "amount": filled - execution.filled_qty,
                     "timestamp": _time_of(info),
                     "fee": info.get("fee"),
@@ -365,8 +515,31 @@ class CcxtBroker:
                 continue
             execution.trade_ids.add(trade_id)
             fee = trade.get("fee") or {}
-            qty, price = float(trade["amount"]), float(trade["price"])
-            fee_cost = float(fee.get("cost") or 0.0)
+            trade_order = trade.get("order")
+            try:
+                qty, price = float(trade["amount"]), float(trade["price"])
+                fee_cost = float(fee.get("cost") or 0.0)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                qty = price = fee_cost = float("nan")
+            foreign = (
+                trade_order is not None
+                and execution.exchange_id is not None
+                and str(trade_order) != str(execution.exchange_id)
+            )
+            inf = float("inf")  # NaN fails every comparison below, as it must
+            if foreign or not (0 < qty < inf and 0 < price < inf and 0 <= fee_cost < inf):
+                self.anomalies += 1
+                log.error(
+                    "exchange_trade_not_booked",
+                    client_id=order.client_id,
+                    why="trade of another order" if foreign else "bad quantity, price or fee",
+                    exchange_id=execution.exchange_id,
+                    trade={
+                        k: repr(trade.get(k))[:80]
+                        for k in ("id", "order", "amount", "price", "fee", "timestamp")
+                    },
+                )
+                continue
             fee_asset = str(fee.get("currency") or "USDT")
             time_ms = int(trade.get("timestamp") or _time_of(info))
             execution.filled_qty += qty
@@ -424,13 +597,34 @@ class CcxtBroker:
             OrderUpdate(order.client_id, OrderStatus.REJECTED, order.time_ms, 0.0, None, why)
         )
 
+    async def _poll(self, order: Order) -> dict[str, Any] | None:
+        """A resting order's state for `sync`; None when unknown this time (the next bar asks
+        again): not found, or an answer ccxt could not read."""
+        try:
+            return await self._fetch(order)
+        except UnreadableAnswer:
+            return None
+
     async def _call(self, fn, *args, lookup: Order | None = None):
         """Call ccxt, backing off on rate limits. On a timeout the outcome of an order is
-        unknown: look it up by client id before deciding anything (never send it twice)."""
-        delay_s = 1.0
+        unknown: look it up by client id before deciding anything (never send it twice). An
+        answer ccxt cannot parse (a "NaN" price raises ValueError in its parser) is counted
+        and logged; for an order placement it is an unknown outcome too, else it raises
+        `UnreadableAnswer`."""
+        delay_s = self._backoff_initial_s
         for _attempt in range(self._max_retries):
             try:
                 return await fn(*args)
+            except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+                self.anomalies += 1
+                log.error(
+                    "exchange_answer_unreadable",
+                    call=getattr(fn, "__name__", str(fn)),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                if lookup is not None:
+                    return await self._look_up(lookup)
+                raise UnreadableAnswer(f"{getattr(fn, '__name__', fn)}: {exc}") from exc
             except ccxt.OrderNotFound:
                 if fn == self._ex.fetch_order:
                     return None
@@ -443,13 +637,59 @@ class CcxtBroker:
                 if lookup is None:
                     raise
                 log.warning("order_outcome_unknown", client_id=lookup.client_id, error=str(exc))
-                try:
-                    return await self._ex.fetch_order(
-                        None, lookup.symbol, {"origClientOrderId": lookup.client_id}
-                    )
-                except ccxt.OrderNotFound:
-                    return None
+                return await self._look_up(lookup)
         raise ccxt.RateLimitExceeded(f"still rate limited after {self._max_retries} tries")
+
+    async def _look_up(self, order: Order) -> dict[str, Any] | None:
+        """An order whose placement got no answer: find it by our client id (never send it
+        again blindly). None: the exchange does not have it, so it was not placed."""
+        delay_s = self._backoff_initial_s / 2
+        for attempt in range(self._lookup_tries):
+            try:
+                return await self._ex.fetch_order(
+                    None, order.symbol, {"origClientOrderId": order.client_id}
+                )
+            except ccxt.OrderNotFound:
+                return None
+            except (ccxt.RequestTimeout, ccxt.NetworkError) as exc:
+                if attempt + 1 == self._lookup_tries:
+                    raise
+                log.warning("order_lookup_failed", client_id=order.client_id, error=str(exc))
+                await asyncio.sleep(delay_s)
+                delay_s *= 2
+        return None
+
+    async def cancel_all(self, time_ms: int) -> list:
+        """Cancel every resting order of ours (limit entries, then each symbol's OCO bracket)
+        and return every report not yet handed to the engine, the cancellations included: the
+        daemon books them (`Engine.apply_reports`) before its run ends, at a stop with
+        `live.cancel_on_stop`. A partly filled entry keeps its fills and gets no bracket: the
+        operator asked for nothing resting. A bracket that filled meanwhile is synced instead."""
+        for client_id, execution in list(self.working_entries.items()):
+            order = execution.order
+            try:
+                await self._call(
+                    self._ex.private_delete_order,
+                    {"symbol": self._ex.market(order.symbol)["id"], "origClientOrderId": client_id},
+                )
+            except ccxt.OrderNotFound:
+                pass  # filled or gone meanwhile: its status below says which
+            info = await self._fetch(order)
+            del self.working_entries[client_id]
+            if info is not None:
+                await self._book_fills(order, info)
+            self._report_end(order, info or {"status": "canceled", "timestamp": time_ms})
+            self._executions.pop(client_id, None)
+        for symbol in list(self.brackets):
+            await self._cancel_bracket(symbol, time_ms)
+        if self.brackets:  # not found: filled or expired meanwhile, so learn how
+            await self.sync()
+        reports, self._reports = self._reports, []
+        return reports
+
+
+class UnreadableAnswer(ccxt.ExchangeError):
+    """The exchange answered something ccxt could not parse (counted in `anomalies`)."""
 
 
 def _time_of(info: dict[str, Any]) -> int:

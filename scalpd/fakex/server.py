@@ -102,6 +102,9 @@ class _Faults:
     reject_code: int = -2010
     reject_msg: str = ""
     order_delays_s: list[float] = field(default_factory=list)
+    refuse_ws: bool = False
+    # (method, path) -> rewrites for the next answers there, applied in turn.
+    rewrites: dict[tuple[str, str], list[Callable[[Json], Json]]] = field(default_factory=dict)
 
 
 class FakeExchange:
@@ -355,9 +358,54 @@ class FakeExchange:
         self._faults.reject_code = code
         self._faults.reject_msg = msg
 
+    def refuse_websockets(self, refuse: bool = True) -> None:
+        """While on, every WebSocket handshake is answered 503 (an exchange outage for the
+        streams; REST still answers). Live connections are not touched: drop_connections."""
+        self._faults.refuse_ws = refuse
+
     def delay_next_order_response(self, seconds: float) -> None:
         """The next order placement is processed at once but answered `seconds` later."""
         self._faults.order_delays_s.append(seconds)
+
+    def rewrite_next_response(
+        self, method: str, path: str, rewrite: Callable[[Json], Json], n: int = 1
+    ) -> None:
+        """The next `n` successful answers to `method` `path` (e.g. "GET", "/api/v3/myTrades")
+        pass through `rewrite(payload) -> payload` first: an order or trade with a NaN price,
+        an unknown order id, a trade for an order never sent. The books are not touched."""
+        self._faults.rewrites.setdefault((method, path), []).extend([rewrite] * n)
+
+    async def push_raw(self, stream: str, text: str) -> int:
+        """Send `text` verbatim, as one WebSocket text frame, to every connection subscribed to
+        `stream` (truncated JSON, a wrong type...); returns how many connections got it."""
+        sent = 0
+        for conn in list(self._connections):
+            if stream in conn.streams and not conn.ws.closed:
+                try:
+                    await conn.ws.send_str(text)
+                except (ConnectionError, RuntimeError):
+                    continue
+                sent += 1
+        return sent
+
+    async def push_event(self, stream: str, event: Json) -> int:
+        """Send `event` as JSON on `stream`, wrapped as each connection expects it (combined or
+        raw), whatever its content; returns how many connections got it."""
+        sent = 0
+        for conn in list(self._connections):
+            if stream in conn.streams and await conn.push(stream, event):
+                sent += 1
+        return sent
+
+    def kline_event(self, symbol: str, index: int, *, closed: bool = True) -> dict[str, Any]:
+        """The `<symbol>@kline_1m` event of timeline bar `index` of `symbol` ("BTC/USDT") as
+        `step` would push it: a starting point for a crafted (malformed, repeated) kline."""
+        market_id = symbol.replace("/", "")
+        k = self._timeline.bar_at(market_id, index)
+        if k is None:
+            raise IndexError(f"no bar {index} for {symbol}")
+        event_ms = k.open_time_ms + BAR_MS if closed else k.open_time_ms
+        return wire.kline_event(market_id, k, closed=closed, event_time_ms=event_ms)
 
     # -- ccxt ----------------------------------------------------------------------------------
 
@@ -384,6 +432,8 @@ class FakeExchange:
         path = request.path
         self.requests.append((request.method, path))
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
+        if is_ws and self._faults.refuse_ws:
+            return _json_response({"code": -1, "msg": "streams unavailable"}, status=503)
         # The WebSocket API (orders over ws) is not served, wherever a client points it.
         if is_ws and path.startswith(_WS_PREFIXES) and "ws-api" not in path:
             return await self._handle_ws(request)
@@ -407,7 +457,11 @@ class FakeExchange:
             params |= dict(parse_qsl(body, keep_blank_values=True))
             if signed:
                 wire.required(params, "timestamp")  # required, but not checked: see above
-            return _json_response(await handler(params))
+            payload = await handler(params)
+            pending = self._faults.rewrites.get((request.method, path))
+            if pending:
+                payload = pending.pop(0)(payload)
+            return _json_response(payload)
         except ApiError as exc:
             return _json_response({"code": exc.code, "msg": exc.msg}, status=exc.http_status)
 

@@ -7,6 +7,8 @@ swaps the ccxt broker for the simulated one and nothing else.
 Under systemd (`systemd/scalpd.service`) it reports READY once market data flows, pings the
 watchdog from this event loop and says STOPPING on shutdown; start, stop and fatal errors go
 to the operator through `self.alerter` (scalpd/ops), which other parts use for their alerts.
+The operator's control socket, the metrics endpoint and the disconnect alert are served by
+`scalpd/live/services.py` for as long as the run lasts.
 
 Risk: every breaker trip and reset is alerted (BREAKER_TRIP, DAILY_LOSS_LIMIT; resets at level
 info), and the risk state is saved in the store under the account key (`risk_account`) each
@@ -25,32 +27,40 @@ import hashlib
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import ccxt
 import structlog
 
-from scalpd.config.settings import Settings
+from scalpd.config.settings import MarketRules, Settings
 from scalpd.data.recorder import TickRecorder
-from scalpd.engine.build import build_engine
+from scalpd.engine.build import build_engine, portfolio_for
 from scalpd.engine.engine import Engine
 from scalpd.engine.ports import WallClock
 from scalpd.events import Gap, Trade
 from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
+from scalpd.faults import crash_point
 from scalpd.live.book_feed import BookFeed
 from scalpd.live.exchange import make_exchange, market_rules
+from scalpd.live.recovery import Recovery, fill_from_row, rebuild_book, recover
+from scalpd.live.services import DaemonServices, ServiceError
 from scalpd.live.source import CcxtBarSource
 from scalpd.logs import configure_logging
 from scalpd.ops import alerts, systemd
 from scalpd.ops.alerts import Alerter
-from scalpd.risk.breakers import DAILY_LOSS, TRIP, RiskEvent, RiskState, kind_of
+from scalpd.risk.breakers import DAILY_LOSS, MANUAL, TRIP, RiskEvent, RiskState, kind_of
 from scalpd.store.sqlite import Store
 
 log = structlog.get_logger("scalpd.live")
 
 # How often the risk layer is told that time passed (stale data, cool-downs, the UTC day).
 RISK_TICK_S = 1.0
+# Decision latencies kept (Daemon.decision_latency_s): the recent bars' only.
+DECISION_LATENCY_BARS = 10_000
+# The reason of the pause a stop puts on entries (lifted again once the loop has ended).
+STOPPING = "stopping"
 
 
 def risk_account(settings: Settings, paper: bool) -> str:
@@ -80,6 +90,16 @@ def restore_risk_state(store: Store, account: str) -> RiskState | None:
         ) from None
 
 
+def lift_stop_pause(state: RiskState) -> None:
+    """A stop pauses entries until the loop has ended (`Daemon.stop`); a daemon killed in
+    between (systemd's stop timeout) saved that pause. It was no one's decision: lift it.
+    An operator's pause ("paused by operator", or any other reason) stays."""
+    manual = state.breakers.get(MANUAL)
+    if manual is not None and manual.tripped and manual.reason == f"paused by {STOPPING}":
+        manual.tripped = False
+        log.warning("stop_pause_lifted", tripped_ms=manual.tripped_ms)
+
+
 class Daemon:
     def __init__(self, settings: Settings, *, paper: bool, max_bars: int | None = None) -> None:
         self.settings = settings
@@ -91,6 +111,9 @@ class Daemon:
         self.recording: TickRecording | None = None
         self.run_id: int | None = None
         self.bars_processed = 0
+        self.broker: SimBroker | CcxtBroker | None = None
+        self.recovery: Recovery | None = None  # what the start took over (live)
+        self.recovery_s = 0.0
         self.alerter: Alerter | None = None
         self.risk_account = risk_account(settings, paper)
         # The risk layer's clock (see the module doc): the latest bar close handled, and when.
@@ -99,10 +122,31 @@ class Daemon:
         self._ready = False
         self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
+        self.services: DaemonServices | None = None
+        # Held while a bar is synced, decided and sent, and by the control commands that act
+        # (flatten, reload-model): they land between bars, and a flush never interleaves.
+        self.bar_lock = asyncio.Lock()
+        # Per bar, seconds from the closed candle's arrival to its orders sent (live) or
+        # decided (paper): the status, the metrics and `scalpd bench` read them.
+        self.decision_latency_s: deque[float] = deque(maxlen=DECISION_LATENCY_BARS)
+        self.stopping = False
+        self._stop_paused = False  # whether the stop paused entries (and lifts the pause)
 
     def stop(self) -> None:
-        """Finish the current bar, then shut down cleanly (SIGTERM, SIGINT)."""
+        """Finish the current bar, then shut down cleanly (SIGTERM, SIGINT). No entry is sent
+        after the signal: entries are paused ("paused by stopping") unless an operator's pause
+        already holds them; the loop lifts that pause once it has ended, so the risk state it
+        saves is the one from before the signal and a restart trades. With
+        `live.cancel_on_stop` the loop also cancels our resting orders (see `_stop_trading`)."""
+        if self.stopping:
+            return
+        self.stopping = True
         self._stop.set()
+        engine = self.engine
+        manual = engine.risk.state.breakers.get(MANUAL) if engine is not None else None
+        if engine is not None and not (manual is not None and manual.tripped):
+            self._stop_paused = True
+            engine.pause(self._now_ms(), STOPPING)
 
     async def wait_processed(self, bars: int) -> None:
         """Until `bars` closed bars have been fully handled (decided and sent)."""
@@ -133,6 +177,8 @@ class Daemon:
             symbols = settings.symbols.trade
             rules = {s: market_rules(exchange, s) for s in symbols}
             cash = settings.sim.starting_cash_usdt
+            account = self.risk_account
+            book = None
             if self.paper:
                 broker: SimBroker | CcxtBroker = SimBroker(
                     cash=cash, fees=settings.fees, rules=rules, sim=settings.sim
@@ -141,14 +187,20 @@ class Daemon:
                 broker = CcxtBroker(
                     exchange,
                     rules,
-                    limit_ttl_bars=getattr(settings.sim, "limit_ttl_bars", 5),
+                    limit_ttl_bars=settings.sim.limit_ttl_bars,
+                    order_lookup_tries=settings.live.order_lookup_tries,
                 )
+                # The account's book as its runs left it (recovery.py); cash is the exchange's.
+                fills = [fill_from_row(row) for row in store.account_fills(account)]
+                book = rebuild_book(fills, portfolio_for(settings, 0.0))
                 balance = await exchange.fetch_balance()
-                cash = float(balance.get("USDT", {}).get("free") or 0.0)
+                book.cash = cash = float(balance.get("USDT", {}).get("total") or 0.0)
+            self.broker = broker
             label = f"{self.mode}: {exchange.urls['api']['public']}"
-            account = self.risk_account
             risk_state = restore_risk_state(store, account)
-            self.run_id = store.start_run(self.mode, settings.redacted(), label)
+            if risk_state is not None:
+                lift_stop_pause(risk_state)
+            self.run_id = store.start_run(self.mode, settings.redacted(), label, account)
             self.engine = engine = build_engine(
                 settings,
                 broker=broker,
@@ -159,7 +211,10 @@ class Daemon:
                 risk_state=risk_state,
                 on_risk_event=self._alert_risk,
                 save_risk_state=lambda state_json: store.save_risk_state(account, state_json),
+                portfolio=book,
             )
+            if isinstance(broker, CcxtBroker):
+                await self._recover(store, engine, broker, exchange, rules)
             if risk_state is not None:
                 log.info(
                     "risk_state_restored",
@@ -170,6 +225,8 @@ class Daemon:
             self.source = CcxtBarSource(
                 exchange, symbols, settings.exchange, trades=settings.symbols.stream_trades
             )
+            self.services = DaemonServices(self, engine, broker)
+            await self.services.start()
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
             alerter.send(
                 alerts.START,
@@ -193,6 +250,10 @@ class Daemon:
             error = f"exchange unreachable: {type(exc).__name__}: {exc}"
             print(f"scalpd: error: {error}", file=sys.stderr)
             return 1
+        except ServiceError as exc:
+            error = str(exc)
+            print(f"scalpd: error: {error}", file=sys.stderr)
+            return 1
         except asyncio.CancelledError:
             status = "interrupted"
             raise
@@ -201,6 +262,8 @@ class Daemon:
             raise
         finally:
             systemd.stopping()
+            if self.services is not None:
+                await self.services.close()
             if self.run_id is not None:
                 if self.engine is not None:
                     self.engine.finish(WallClock().now_ms())
@@ -242,15 +305,23 @@ class Daemon:
                 if kind is Gap:
                     engine.on_gap(event)
                     continue
-                if live_broker is not None:
-                    await live_broker.sync(event)
-                engine.on_bar(event)
-                close_ms = event.open_time_ms + 60_000
-                if self._data_ms is None or close_ms >= self._data_ms:
-                    self._data_ms = close_ms
-                    self._data_mono_s = time.monotonic()
-                if live_broker is not None:
-                    await live_broker.flush()
+                received_ns = source.received_ns
+                async with self.bar_lock:
+                    if live_broker is not None:
+                        await live_broker.sync(event)
+                        if live_broker.has_unbooked_fills():
+                            crash_point("fill_unrecorded")
+                    engine.on_bar(event)
+                    close_ms = event.open_time_ms + 60_000
+                    if self._data_ms is None or close_ms >= self._data_ms:
+                        self._data_ms = close_ms
+                        self._data_mono_s = time.monotonic()
+                    if live_broker is not None:
+                        await live_broker.flush()
+                latency_s = (time.monotonic_ns() - received_ns) / 1e9
+                self.decision_latency_s.append(latency_s)
+                if self.services is not None:
+                    self.services.on_bar(event, latency_s)
                 async with self._progress:
                     self.bars_processed += 1
                     self._progress.notify_all()
@@ -263,11 +334,66 @@ class Daemon:
                 )
                 if self.max_bars and self.bars_processed >= self.max_bars:
                     break
+            if self._stop.is_set():
+                await self._stop_trading(engine, live_broker)
         finally:
             stop_wait.cancel()
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
             await source.close()
+
+    async def _recover(
+        self,
+        store: Store,
+        engine: Engine,
+        broker: CcxtBroker,
+        exchange: Any,
+        rules: dict[str, MarketRules],
+    ) -> None:
+        """Take over what earlier runs of the account left (scalpd/live/recovery.py) before
+        the first bar; each surprise is alerted."""
+        started = time.monotonic()
+        self.recovery = found = await recover(
+            store=store,
+            account=self.risk_account,
+            engine=engine,
+            broker=broker,
+            exchange=exchange,
+            symbols=self.settings.symbols.trade,
+            rules=rules,
+            settings=self.settings.live,
+            now_ms=WallClock().now_ms,
+        )
+        self.recovery_s = time.monotonic() - started
+        if found.surprises and self.alerter is not None:
+            self.alerter.send(
+                alerts.RECONCILIATION,
+                f"scalpd start: {len(found.surprises)} reconciliation surprise(s)",
+                "\n".join(found.surprises[:20]),
+                level="warning",
+            )
+
+    async def _stop_trading(self, engine: Engine, live_broker: CcxtBroker | None) -> None:
+        """After a stop, before the run is finished: with `live.cancel_on_stop`, our resting
+        orders (limit entries, OCO brackets) are cancelled and their ends booked and journaled
+        like any report; then the stop's own pause is lifted (see `stop`)."""
+        async with self.bar_lock:
+            now_ms = self._now_ms()
+            if live_broker is not None:
+                # Fills of the last orders sent, learnt after the last bar: booked now, so the
+                # run ends with the book the exchange has.
+                engine.apply_reports(live_broker.take_reports())
+            if live_broker is not None and self.settings.live.cancel_on_stop:
+                reports = await live_broker.cancel_all(now_ms)
+                engine.apply_reports(reports)
+                log.info("orders_cancelled_on_stop", reports=len(reports))
+            if self._stop_paused:
+                engine.resume(now_ms, MANUAL)
+                self._stop_paused = False
+
+    def _now_ms(self) -> int:
+        now_ms = self.risk_now_ms()
+        return now_ms if now_ms is not None else WallClock().now_ms()
 
     def risk_now_ms(self) -> int | None:
         """Now on the bars' time scale (see the module doc); None before the first bar."""
@@ -285,6 +411,8 @@ class Daemon:
     def _alert_risk(self, event: RiskEvent) -> None:
         if self.alerter is None:
             return
+        if self._stop_paused and event.breaker == MANUAL:
+            return  # the stop's own pause and its lifting: the STOP alert says it all
         daily = kind_of(event.breaker) == DAILY_LOSS
         if event.action == TRIP:
             self.alerter.send(
@@ -340,6 +468,8 @@ class Daemon:
             "duplicates_dropped": src.duplicates if src else 0,
             "bars_quarantined": src.quarantined if src else 0,
             "anomalies": engine.anomalies,
+            "malformed_messages": src.malformed if src else 0,
+            "broker_anomalies": getattr(self.broker, "anomalies", 0),
         }
 
 

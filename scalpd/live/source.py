@@ -6,6 +6,12 @@ waits with exponential backoff, backfills the bars missed meanwhile over REST, a
 again. Whatever the path a bar came by, the strategy sees each bar once, in time order: a bar
 not after the last one emitted is dropped and counted, a hole the exchange itself has (no bars
 over REST either) becomes a Gap event, and a malformed bar is quarantined and logged.
+
+Bad frames: ccxt.pro decodes and handles each WebSocket frame in a callback of its receive
+loop, and an exception there (truncated JSON, a payload of the wrong shape) ends that loop
+silently: the connection stays open and nothing arrives again. `guard_ws_frames` catches it per
+frame, so a bad frame is logged and counted (`malformed`) and the next one is read. Klines for a
+symbol we did not ask for are dropped and counted the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ccxt
@@ -65,6 +73,42 @@ def bar_from_rest_row(symbol: str, row: list[Any]) -> Bar:
     )
 
 
+def guard_ws_frames(exchange: Any, on_bad_frame: Callable[[Any, Exception], None]) -> None:
+    """Make every WebSocket client of `exchange` survive a frame it cannot decode or handle:
+    `on_bad_frame(data, exc)` is called and the receive loop goes on (see the module doc)."""
+    if getattr(exchange, "_scalpd_frames_guarded", False):
+        return
+    make_client = exchange.client
+
+    def client(url: str) -> Any:
+        ws_client = make_client(url)
+        if not getattr(ws_client, "_scalpd_guarded", False):
+            handle = ws_client.handle_text_or_binary_message
+
+            def guarded(data: Any) -> None:
+                try:
+                    handle(data)
+                except Exception as exc:  # anything: an escaped error stops the receive loop
+                    on_bad_frame(data, exc)
+
+            on_message = ws_client.on_message_callback
+
+            def objects_only(ws: Any, message: Any) -> None:
+                # Every Binance stream event is a JSON object; ccxt ignores anything else
+                # without a word.
+                if not isinstance(message, dict):
+                    raise TypeError(f"a {type(message).__name__}, not a JSON object")
+                on_message(ws, message)
+
+            ws_client.handle_text_or_binary_message = guarded
+            ws_client.on_message_callback = objects_only
+            ws_client._scalpd_guarded = True
+        return ws_client
+
+    exchange.client = client
+    exchange._scalpd_frames_guarded = True
+
+
 def bar_problem(bar: Bar) -> str | None:
     """Why `bar` is unusable, by the same rules as historical data (`data.bars.validate`)."""
     one = BarColumns(
@@ -97,6 +141,14 @@ class CcxtBarSource:
         self.duplicates = 0
         self.quarantined = 0
         self.backfilled = 0
+        # When the last bar returned by next() came in (time.monotonic_ns): the start of the
+        # daemon's decision latency. Stamped per bar as it is parsed, read as next() returns it.
+        self.received_ns = 0
+        self._received_ns: dict[tuple[str, int], int] = {}
+        self._down_since_s: dict[str, float] = {}  # symbol -> monotonic s of its outage start
+        self.malformed = 0  # frames that could not be decoded or handled; foreign klines
+        self._market_ids = {exchange.market(s)["id"] for s in symbols}
+        guard_ws_frames(exchange, self._on_bad_frame)
 
     def start(self) -> None:
         self._tasks = [
@@ -110,7 +162,19 @@ class CcxtBarSource:
             ]
 
     async def next(self) -> Bar | Gap | Trade:
-        """The next closed bar, gap or trade, from any symbol."""
+        """The next closed bar, gap or trade, from any symbol (a bar: see `received_ns`)."""
+        event = await self._next_event()
+        if type(event) is Bar:
+            stamp = self._received_ns.pop((event.symbol, event.open_time_ms), 0)
+            self.received_ns = stamp or time.monotonic_ns()
+        return event
+
+    def disconnected_since_s(self) -> float | None:
+        """time.monotonic() at which market data was first lost, over the symbols still
+        without their kline stream; None while every symbol's stream is connected."""
+        return min(self._down_since_s.values(), default=None)
+
+    async def _next_event(self) -> Bar | Gap | Trade:
         if not self._queue.empty():
             return self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())
@@ -141,10 +205,12 @@ class CcxtBarSource:
         while True:
             try:
                 await self._exchange.watch_ohlcv(symbol, "1m")
+                self._down_since_s.pop(symbol, None)
                 backoff_s = self._settings.reconnect_initial_backoff_s
                 await self._drain(symbol, market_id)
             except ccxt.NetworkError as exc:
                 self.reconnects += 1
+                self._down_since_s.setdefault(symbol, time.monotonic())
                 log.warning(
                     "market_data_disconnected",
                     symbol=symbol,
@@ -197,7 +263,24 @@ class CcxtBarSource:
                 self._queue.put_nowait(trade)
             self.last_trade_id[symbol] = last_id
 
+    def _on_bad_frame(self, data: Any, exc: Exception) -> None:
+        self.malformed += 1
+        log.error(
+            "malformed_ws_frame",
+            error=f"{type(exc).__name__}: {exc}"[:300],
+            frame=repr(data)[:300],
+        )
+
+    def _drop_foreign_klines(self) -> None:
+        closed = self._exchange.closed_klines
+        for market_id in [m for m in closed if m not in self._market_ids]:
+            dropped = closed.pop(market_id)
+            self.malformed += len(dropped)
+            log.error("kline_for_unknown_symbol", market_id=market_id[:40], klines=len(dropped))
+
     async def _drain(self, symbol: str, market_id: str) -> None:
+        if len(self._exchange.closed_klines) > len(self._market_ids):
+            self._drop_foreign_klines()
         queue = self._exchange.closed_klines.get(market_id)
         while queue:
             kline = queue.popleft()
@@ -259,4 +342,5 @@ class CcxtBarSource:
         if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
             self._queue.put_nowait(Gap(symbol, last, bar.open_time_ms))
         self.last_open_ms[symbol] = bar.open_time_ms
+        self._received_ns[(symbol, bar.open_time_ms)] = time.monotonic_ns()
         self._queue.put_nowait(bar)

@@ -20,7 +20,7 @@ from scalpd.engine.portfolio import ClosedTrade, Position
 from scalpd.events import Fill, Order, OrderIntent, OrderStatus, OrderUpdate
 from scalpd.risk.gate import Decision
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Steps from one schema version to the next, applied in order to an older database.
 _MIGRATIONS: dict[int, str] = {
@@ -40,6 +40,18 @@ CREATE TABLE IF NOT EXISTS risk_state (
     updated_ms INTEGER NOT NULL,
     state_json TEXT NOT NULL
 );
+""",
+    # v4: what a restarted daemon needs to take over from the last run of its account: the
+    # account a run traded, an entry's bracket (to arm it if the crash came first), and the
+    # exchange's id of each order.
+    4: """
+ALTER TABLE runs ADD COLUMN account TEXT;
+ALTER TABLE orders ADD COLUMN take_profit_bps REAL;
+ALTER TABLE orders ADD COLUMN stop_loss_bps REAL;
+ALTER TABLE orders ADD COLUMN exchange_id TEXT;
+CREATE INDEX IF NOT EXISTS runs_account ON runs(account);
+CREATE INDEX IF NOT EXISTS fills_client ON fills(client_id, trade_id);
+CREATE INDEX IF NOT EXISTS fills_trade ON fills(symbol, trade_id);
 """,
 }
 
@@ -201,11 +213,15 @@ class Store:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def start_run(self, mode: str, config: dict[str, Any], data_label: str) -> int:
+    def start_run(
+        self, mode: str, config: dict[str, Any], data_label: str, account: str | None = None
+    ) -> int:
+        """A new run; `account` (live and paper) ties it to the runs that traded the same
+        account before it, whose open orders and positions a restart takes over."""
         cur = self.conn.execute(
-            "INSERT INTO runs(mode, status, started_at_ms, data_label, config_json) "
-            "VALUES (?, 'running', ?, ?, ?)",
-            (mode, _now_ms(), data_label, orjson.dumps(config).decode()),
+            "INSERT INTO runs(mode, status, started_at_ms, data_label, config_json, account) "
+            "VALUES (?, 'running', ?, ?, ?, ?)",
+            (mode, _now_ms(), data_label, orjson.dumps(config).decode(), account),
         )
         self.conn.commit()
         return int(cur.lastrowid)
@@ -264,6 +280,58 @@ class Store:
             "SELECT state_json FROM risk_state WHERE account=?", (account,)
         ).fetchone()
         return None if row is None else str(row[0])
+
+    # -- an account across runs (what a restart takes over) ----------------------------------
+
+    def account_fills(self, account: str) -> list[dict[str, Any]]:
+        """Every fill booked for the account, in the order booked: the book is rebuilt from
+        them (positions, dust, the part of a position already sold)."""
+        return list(
+            self.db.query(
+                "SELECT f.* FROM fills f JOIN runs r ON r.id = f.run_id WHERE r.account = ? "
+                "ORDER BY f.id",
+                (account,),
+            )
+        )
+
+    def account_open_orders(self, account: str) -> list[dict[str, Any]]:
+        """The account's orders not known to have ended (new, open, partially filled)."""
+        return list(
+            self.db.query(
+                "SELECT o.* FROM orders o JOIN runs r ON r.id = o.run_id "
+                "WHERE r.account = ? AND o.status IN ('new', 'open', 'partially_filled') "
+                "ORDER BY o.rowid",
+                (account,),
+            )
+        )
+
+    def known_order(self, client_id: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM orders WHERE client_id = ?", (client_id,)))
+        return rows[0] if rows else None
+
+    def fill_ids(self, client_id: str) -> set[str]:
+        """The exchange trade ids already booked for one of our orders (in any run)."""
+        rows = self.conn.execute("SELECT trade_id FROM fills WHERE client_id = ?", (client_id,))
+        return {str(r[0]) for r in rows}
+
+    def has_trade(self, symbol: str, trade_id: str) -> bool:
+        """Whether an exchange trade is among our fills (of any run)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM fills WHERE symbol = ? AND trade_id = ? LIMIT 1", (symbol, trade_id)
+        ).fetchone()
+        return row is not None
+
+    def account_last_record_ms(self, account: str) -> int | None:
+        """The exchange time of the account's latest fill or order change; None: no record."""
+        row = self.conn.execute(
+            "SELECT max(t) FROM ("
+            " SELECT max(f.time_ms) AS t FROM fills f JOIN runs r ON r.id = f.run_id"
+            " WHERE r.account = ?"
+            " UNION ALL SELECT max(o.updated_ms) FROM orders o JOIN runs r ON r.id = o.run_id"
+            " WHERE r.account = ?)",
+            (account, account),
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def rows(self, table: str, run_id: int) -> list[dict[str, Any]]:
         return list(self.db[table].rows_where("run_id = ?", [run_id], order_by="rowid"))
@@ -328,8 +396,8 @@ class SqliteJournal:
     def record_order(self, order: Order, status: OrderStatus = OrderStatus.NEW) -> None:
         self._conn.execute(
             "INSERT INTO orders(client_id, run_id, symbol, side, type, qty, price, reason, "
-            "parent_id, reduce_only, status, created_ms, updated_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "parent_id, reduce_only, status, created_ms, updated_ms, take_profit_bps, "
+            "stop_loss_bps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 order.client_id,
                 self._run,
@@ -344,19 +412,22 @@ class SqliteJournal:
                 status.value,
                 order.time_ms,
                 order.time_ms,
+                order.bracket.take_profit_bps if order.bracket else None,
+                order.bracket.stop_loss_bps if order.bracket else None,
             ),
         )
         self._done()
 
     def record_order_update(self, update: OrderUpdate, filled_qty: float) -> None:
         self._conn.execute(
-            "UPDATE orders SET status=?, filled_qty=?, status_reason=?, updated_ms=? "
-            "WHERE client_id=?",
+            "UPDATE orders SET status=?, filled_qty=?, status_reason=?, updated_ms=?, "
+            "exchange_id=COALESCE(?, exchange_id) WHERE client_id=?",
             (
                 update.status.value,
                 filled_qty,
                 update.reason or None,
                 update.time_ms,
+                update.exchange_id,
                 update.client_id,
             ),
         )

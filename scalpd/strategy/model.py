@@ -26,7 +26,7 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -75,11 +75,23 @@ class StreamingProbabilities:
 
     def __init__(self, artifact: ModelArtifact, symbols: Sequence[str], backend: str) -> None:
         self._features = FeatureEngine(symbols)
+        self._predictors = self.predictors_for(artifact, symbols, backend)
+
+    @staticmethod
+    def predictors_for(
+        artifact: ModelArtifact, symbols: Sequence[str], backend: str
+    ) -> dict[str, Predictor]:
         # One thread: a one-bar step is far too small to split, and a second thread waiting
         # on a busy core turned 150 µs steps into 8 ms ones.
-        self._predictors: dict[str, Predictor] = {
-            s: artifact.predictor(backend, threads=1) for s in symbols
-        }
+        return {s: artifact.predictor(backend, threads=1) for s in symbols}
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self._predictors)
+
+    def use_predictors(self, predictors: dict[str, Predictor]) -> None:
+        """Another model's predictors from the next bar on; the features stay warm."""
+        self._predictors = predictors
 
     def on_bar(self, bar: Bar) -> float | None:
         if not self._features.on_bar(bar):
@@ -150,6 +162,14 @@ class PrecomputedProbabilities:
         return None  # bar replay has no trade prints (and the model reads no tick features)
 
 
+class ModelSwap(NamedTuple):
+    """A model loaded and its streaming predictors built, ready to go in between bars."""
+
+    model: str  # name/version
+    predictors: dict[str, Predictor]
+    warmup_bars: int
+
+
 class ModelStrategy:
     name = "model"
 
@@ -165,6 +185,7 @@ class ModelStrategy:
         artifact = load_artifact(model_path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
         label = artifact.meta["label"]
         self.model = f"{artifact.name}/{artifact.version}"
+        self._label = _barriers(label)
         self._threshold = settings.min_confidence
         # Trade the barriers the model learned to predict, not the rule baseline's.
         self._position = LongOnly.from_settings(
@@ -201,6 +222,42 @@ class ModelStrategy:
 
     def on_trade(self, trade: Trade) -> None:
         self.probabilities.on_trade(trade)
+
+    def prepare_swap(self, model_path: Path | str, backend: str) -> ModelSwap:
+        """Load the model at `model_path` and build its predictors, leaving the running one
+        alone: slow (torch, ONNX export), so call it off the event loop. Refuses a model of
+        other inputs (as at start) or of other barriers: the brackets and time stops of open
+        positions came from the running model's, and a restart is the place to change them."""
+        probabilities = self.probabilities
+        if not isinstance(probabilities, StreamingProbabilities):
+            raise ModelError("only a streaming model strategy (paper, live) swaps its model")
+        artifact = load_artifact(model_path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
+        label = _barriers(artifact.meta["label"])
+        if label != self._label:
+            raise ModelError(
+                f"{model_path} was trained on barriers (take-profit bps, stop-loss bps, "
+                f"horizon bars) {label}, the running model on {self._label}; restart to change"
+            )
+        predictors = probabilities.predictors_for(artifact, probabilities.symbols, backend)
+        warmup = max((p.warmup_bars for p in predictors.values()), default=0)
+        return ModelSwap(f"{artifact.name}/{artifact.version}", predictors, warmup)
+
+    def swap(self, prepared: ModelSwap) -> str:
+        """Put a prepared model in, between bars; returns the previous one's name/version. The
+        features stay warm; the new model predicts (and enters) after its own warm-up."""
+        assert isinstance(self.probabilities, StreamingProbabilities)
+        self.probabilities.use_predictors(prepared.predictors)
+        self.last_probability.clear()
+        previous, self.model = self.model, prepared.model
+        return previous
+
+
+def _barriers(label: dict) -> tuple[float, float, int]:
+    return (
+        float(label["take_profit_bps"]),
+        float(label["stop_loss_bps"]),
+        int(label["horizon_bars"]),
+    )
 
 
 def feature_matrix(bars: BarColumns) -> tuple[np.ndarray, list[str], str]:

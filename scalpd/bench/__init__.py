@@ -185,6 +185,18 @@ def _walkforward_window() -> Iterator[Result]:
     return bench_walkforward_window()
 
 
+def _crash_soak() -> Iterator[Result]:
+    from scalpd.bench.crash_soak import bench_crash_soak
+
+    return bench_crash_soak()
+
+
+def _decision_latency() -> Iterator[Result]:
+    from scalpd.bench.decision_latency import bench_decision_latency  # imports torch: on demand
+
+    return bench_decision_latency()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "replay_model_bars_per_s": _replay_model,
@@ -193,6 +205,8 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "import_archive_rows_per_s": bench_import_archive,
     "features_update_us": _features_update,
     "features_batch_bars_per_s": _features_batch,
+    "recovery_s": _crash_soak,
+    "decision_latency": _decision_latency,
     **_models(),
 }
 

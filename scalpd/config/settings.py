@@ -77,6 +77,15 @@ class ExchangeSettings(Section):
     )
     ws_url: str | None = Field(None, description="WebSocket base URL override; must hold /stream")
     request_timeout_ms: int = Field(10_000, gt=0)
+    rate_limit_burst_weight: float = Field(
+        60.0,
+        ge=1,
+        description=(
+            "REST request weight that may go out at once (a bar's polls and its order); the "
+            "average stays at ccxt's pace for the exchange (Binance: 20 weight/s, a fifth of "
+            "its 6,000 a minute), so the daemon never hammers it"
+        ),
+    )
     reconnect_initial_backoff_s: float = Field(1.0, gt=0)
     reconnect_max_backoff_s: float = Field(30.0, gt=0)
     secrets_file: Path | None = Field(
@@ -528,6 +537,14 @@ class LiveSettings(Section):
         ge=1,
         le=20,
         description="lookups by client id of an order whose placement timed out, before giving up",
+    )
+    check_resting_every_bars: int = Field(
+        10,
+        ge=1,
+        description=(
+            "resting orders are asked about when a bar reaches their price, and also every "
+            "this many bars of their symbol, after the decision"
+        ),
     )
 
 

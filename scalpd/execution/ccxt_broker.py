@@ -142,32 +142,58 @@ class CcxtBroker:
         """Learn what resting orders did before `bar` is handed to the engine (polled; a
         user-data stream can replace it). `bar` ages the limit entries of its symbol (None:
         of every symbol); one that has now rested `limit_ttl_bars` bars is cancelled, so the
-        engine learns its end on the same bar as the simulator's would expire it."""
+        engine learns its end on the same bar as the simulator's would expire it.
+
+        Only orders the bar's range reached are asked about: a buy limit fills only at or
+        below its price, a take-profit sell at or above its own, a stop triggers at or below
+        its stop, and the bar's high and low bound every trade of its minute. So a bar that
+        reached none costs no request on the decision path; `check_resting` asks about the
+        rest now and then, off that path, in case something else ended them (an operator
+        on the exchange's site)."""
         for client_id, execution in list(self.working_entries.items()):
             if bar is not None and bar.symbol != execution.order.symbol:
                 continue
             execution.age_bars += 1
-            info = await self._poll(execution.order)
-            if info is None:
+            expiring = execution.age_bars >= self._limit_ttl_bars
+            if bar is not None and not expiring and not entry_reached(execution.order, bar):
                 continue
-            await self._on_entry_status(client_id, execution, info)
-            if client_id in self.working_entries and execution.age_bars >= self._limit_ttl_bars:
+            await self._poll_entry(client_id, execution)
+            if client_id in self.working_entries and expiring:
                 await self._expire_entry(client_id, execution)
         for symbol, bracket in list(self.brackets.items()):
-            for leg in (bracket.stop_loss, bracket.take_profit):
-                if leg.client_id in bracket.done:
-                    continue
-                info = await self._poll(leg)
-                if info is None:
-                    continue
-                await self._book_fills(leg, info)
-                status = info.get("status")
-                if status in _CLOSED_STATUSES:
-                    bracket.done.add(leg.client_id)
-                    self._report_end(leg, info)
-            if len(bracket.done) == 2:
-                del self.brackets[symbol]
-                self._forget_legs(bracket)
+            if bar is not None and (symbol != bar.symbol or not bracket_reached(bracket, bar)):
+                continue
+            await self._poll_bracket(symbol, bracket)
+
+    async def check_resting(self, symbol: str) -> None:
+        """Ask about every resting order of `symbol`, reached or not (see `sync`); what is
+        found is reported with the symbol's next bar."""
+        for client_id, execution in list(self.working_entries.items()):
+            if execution.order.symbol == symbol:
+                await self._poll_entry(client_id, execution)
+        bracket = self.brackets.get(symbol)
+        if bracket is not None:
+            await self._poll_bracket(symbol, bracket)
+
+    async def _poll_entry(self, client_id: str, execution: _Execution) -> None:
+        info = await self._poll(execution.order)
+        if info is not None:
+            await self._on_entry_status(client_id, execution, info)
+
+    async def _poll_bracket(self, symbol: str, bracket: LiveBracket) -> None:
+        for leg in (bracket.stop_loss, bracket.take_profit):
+            if leg.client_id in bracket.done:
+                continue
+            info = await self._poll(leg)
+            if info is None:
+                continue
+            await self._book_fills(leg, info)
+            if info.get("status") in _CLOSED_STATUSES:
+                bracket.done.add(leg.client_id)
+                self._report_end(leg, info)
+        if len(bracket.done) == 2:
+            del self.brackets[symbol]
+            self._forget_legs(bracket)
 
     def has_unbooked_fills(self) -> bool:
         """Fills learnt from the exchange that the engine has not booked (journaled) yet."""
@@ -686,6 +712,18 @@ class CcxtBroker:
             await self.sync()
         reports, self._reports = self._reports, []
         return reports
+
+
+def entry_reached(entry: Order, bar: Bar) -> bool:
+    """Whether `bar` traded at or through the limit entry's price (a buy: at or below)."""
+    price = entry.price
+    return price is None or bar.low <= price
+
+
+def bracket_reached(bracket: LiveBracket, bar: Bar) -> bool:
+    """Whether `bar` reached the take-profit or the stop of a resting bracket."""
+    tp, sl = bracket.take_profit.price, bracket.stop_loss.price
+    return tp is None or sl is None or bar.high >= tp or bar.low <= sl
 
 
 class UnreadableAnswer(ccxt.ExchangeError):

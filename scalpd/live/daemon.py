@@ -43,7 +43,7 @@ from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
 from scalpd.faults import crash_point
 from scalpd.live.book_feed import BookFeed
-from scalpd.live.exchange import make_exchange, market_rules
+from scalpd.live.exchange import ScalpdBinance, make_exchange, market_rules
 from scalpd.live.recovery import Recovery, fill_from_row, rebuild_book, recover
 from scalpd.live.services import DaemonServices, ServiceError
 from scalpd.live.source import CcxtBarSource
@@ -112,6 +112,7 @@ class Daemon:
         self.run_id: int | None = None
         self.bars_processed = 0
         self.broker: SimBroker | CcxtBroker | None = None
+        self._bars_by_symbol: dict[str, int] = {}
         self.recovery: Recovery | None = None  # what the start took over (live)
         self.recovery_s = 0.0
         self.alerter: Alerter | None = None
@@ -236,7 +237,7 @@ class Daemon:
             if settings.data.record_ticks:
                 self.recording = TickRecording(exchange, settings)
             try:
-                await self._loop(engine, broker)
+                await self._loop(engine, broker, exchange)
             finally:
                 if self.recording is not None:
                     await self.recording.close()
@@ -276,7 +277,9 @@ class Daemon:
             await watchdog.stop()
             await asyncio.to_thread(alerter.close, settings.alerts.timeout_s)
 
-    async def _loop(self, engine: Engine, broker: SimBroker | CcxtBroker) -> None:
+    async def _loop(
+        self, engine: Engine, broker: SimBroker | CcxtBroker, exchange: ScalpdBinance
+    ) -> None:
         assert self.source is not None
         live_broker = broker if isinstance(broker, CcxtBroker) else None
         source = self.source
@@ -317,9 +320,15 @@ class Daemon:
                         self._data_ms = close_ms
                         self._data_mono_s = time.monotonic()
                     if live_broker is not None:
+                        exchange.first_order_sent_ns = None
                         await live_broker.flush()
-                latency_s = (time.monotonic_ns() - received_ns) / 1e9
+                # To the first order request leaving (a bar that sent one), else to the end of
+                # the decision.
+                sent_ns = exchange.first_order_sent_ns if live_broker is not None else None
+                latency_s = ((sent_ns or time.monotonic_ns()) - received_ns) / 1e9
                 self.decision_latency_s.append(latency_s)
+                if live_broker is not None:
+                    await self._check_resting(live_broker, event.symbol)
                 if self.services is not None:
                     self.services.on_bar(event, latency_s)
                 async with self._progress:
@@ -372,6 +381,14 @@ class Daemon:
                 "\n".join(found.surprises[:20]),
                 level="warning",
             )
+
+    async def _check_resting(self, broker: CcxtBroker, symbol: str) -> None:
+        """Every `live.check_resting_every_bars` bars of a symbol, after its decision: ask
+        about its resting orders the bars did not reach (see `CcxtBroker.sync`)."""
+        seen = self._bars_by_symbol[symbol] = self._bars_by_symbol.get(symbol, 0) + 1
+        if seen % self.settings.live.check_resting_every_bars == 0:
+            async with self.bar_lock:
+                await broker.check_resting(symbol)
 
     async def _stop_trading(self, engine: Engine, live_broker: CcxtBroker | None) -> None:
         """After a stop, before the run is finished: with `live.cancel_on_stop`, our resting

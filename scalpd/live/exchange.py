@@ -2,11 +2,15 @@
 
 The subclass keeps one thing ccxt's unified candles drop: the kline's closed flag (`x`), and
 with it the taker-buy volume and trade count, so a live bar carries the same fields as a
-replayed one and a bar is acted on exactly when the exchange closes it.
+replayed one and a bar is acted on exactly when the exchange closes it. It also notes two
+moments the decision latency is measured between: when a closed kline's frame was handled
+(`RECEIVED_NS`, in the kept payload) and when an order request left (`first_order_sent_ns`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +21,38 @@ from scalpd.config.settings import ExchangeSettings, MarketRules
 
 # Closed klines kept per symbol between two reads by the source: far more than can pile up.
 _CLOSED_KLINES_KEPT = 10_000
+# Key under which a kept kline payload carries time.monotonic_ns() of its frame's arrival.
+RECEIVED_NS = "_received_ns"
+_ORDER_PATH = "/api/v3/order"
+
+
+class RequestPacer:
+    """Client-side pacing of REST requests by their weight: a token bucket holding up to
+    `burst_weight`, refilled at `weight_per_s`. A request waits only when the bucket is short.
+
+    ccxt's own leaky bucket refills only while a request waits, so a bucket emptied once
+    stays empty and every request then waits for the weight of the one before it (a 4-weight
+    order lookup made the next order wait 200 ms). This one refills with the time that passed.
+    """
+
+    def __init__(
+        self, weight_per_s: float, burst_weight: float, clock: Any = time.monotonic
+    ) -> None:
+        self.weight_per_s = weight_per_s
+        self.burst_weight = burst_weight
+        self._clock = clock
+        self._tokens = burst_weight
+        self._last_s = clock()
+
+    def wait_s(self, cost: float) -> float:
+        """Take `cost` from the bucket; the seconds to wait before sending (0: at once)."""
+        now = self._clock()
+        self._tokens = min(
+            self.burst_weight, self._tokens + (now - self._last_s) * self.weight_per_s
+        )
+        self._last_s = now
+        self._tokens -= cost
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.weight_per_s
 
 
 class ScalpdBinance(ccxt.pro.binance):
@@ -24,6 +60,25 @@ class ScalpdBinance(ccxt.pro.binance):
         super().__init__(config or {})
         # Market id ("BTCUSDT") -> raw closed kline payloads, oldest first.
         self.closed_klines: dict[str, deque[dict[str, Any]]] = {}
+        # monotonic_ns of the first order placement sent since the daemon reset it to None.
+        self.first_order_sent_ns: int | None = None
+        self.pacer: RequestPacer | None = None  # None: ccxt's own rate limiter
+
+    async def throttle(self, cost=None):  # type: ignore[override]
+        if self.pacer is None:
+            return await super().throttle(cost)
+        wait_s = self.pacer.wait_s(1.0 if cost is None else float(cost))
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+
+    async def fetch(self, url, method="GET", headers=None, body=None):  # type: ignore[override]
+        if (
+            self.first_order_sent_ns is None
+            and method == "POST"
+            and url.partition("?")[0].endswith(_ORDER_PATH)
+        ):
+            self.first_order_sent_ns = time.monotonic_ns()
+        return await super().fetch(url, method, headers, body)
 
     def handle_ohlcv(self, client: Any, message: dict) -> None:
         kline = message.get("k") if isinstance(message, dict) else None
@@ -33,6 +88,7 @@ class ScalpdBinance(ccxt.pro.binance):
                 queue = self.closed_klines.get(market_id)
                 if queue is None:
                     queue = self.closed_klines[market_id] = deque(maxlen=_CLOSED_KLINES_KEPT)
+                kline[RECEIVED_NS] = time.monotonic_ns()
                 queue.append(kline)
         super().handle_ohlcv(client, message)
 
@@ -77,6 +133,7 @@ def make_exchange(settings: ExchangeSettings) -> ScalpdBinance:
         config["apiKey"] = settings.api_key.get_secret_value()
         config["secret"] = settings.api_secret.get_secret_value()
     exchange = ScalpdBinance(config)
+    exchange.pacer = RequestPacer(1000.0 / exchange.rateLimit, settings.rate_limit_burst_weight)
     spot_only(exchange)
     if settings.rest_url or settings.ws_url:
         point_at(exchange, settings.rest_url, settings.ws_url)

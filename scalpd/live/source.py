@@ -30,7 +30,7 @@ import structlog
 from scalpd.config.settings import ExchangeSettings
 from scalpd.data.bars import BarColumns, validate
 from scalpd.events import BAR_INTERVAL_MS, Bar, Gap, Side, Trade
-from scalpd.live.exchange import ScalpdBinance
+from scalpd.live.exchange import RECEIVED_NS, ScalpdBinance
 
 log = structlog.get_logger("scalpd.live.source")
 
@@ -295,7 +295,7 @@ class CcxtBarSource:
                 # A hole in the stream (messages lost around a reconnect, say): ask REST for
                 # the missing bars before calling it a gap of the exchange's own.
                 await self._backfill(symbol, market_id)
-            self._emit(bar)
+            self._emit(bar, kline.get(RECEIVED_NS))
 
     async def _backfill(self, symbol: str, market_id: str) -> None:
         """Fetch over REST the closed bars after the last one emitted."""
@@ -327,7 +327,9 @@ class CcxtBarSource:
             self.quarantined += 1
             log.error("malformed_klines_response", symbol=symbol, error=str(exc))
 
-    def _emit(self, bar: Bar) -> None:
+    def _emit(self, bar: Bar, received_ns: int | None = None) -> None:
+        """Queue `bar` for the engine unless it is a duplicate or malformed; `received_ns`:
+        when its WebSocket frame arrived (None: fetched over REST, now)."""
         symbol = bar.symbol
         last = self.last_open_ms.get(symbol)
         if last is not None and bar.open_time_ms <= last:
@@ -342,5 +344,5 @@ class CcxtBarSource:
         if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
             self._queue.put_nowait(Gap(symbol, last, bar.open_time_ms))
         self.last_open_ms[symbol] = bar.open_time_ms
-        self._received_ns[(symbol, bar.open_time_ms)] = time.monotonic_ns()
+        self._received_ns[(symbol, bar.open_time_ms)] = received_ns or time.monotonic_ns()
         self._queue.put_nowait(bar)

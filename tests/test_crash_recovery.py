@@ -26,6 +26,7 @@ from scalpd.fakex.testing import ccxt_client
 from scalpd.live.daemon import STOPPING, Daemon, lift_stop_pause
 from scalpd.risk.manager import RiskManager
 from scalpd.store.sqlite import Store
+from tests.conftest import Endpoint
 
 BARS = generate(days=0.1, seed=3, start="2024-01-01T00:00:00Z")  # 144 synthetic bars
 
@@ -49,7 +50,7 @@ def test_kill_9_then_restart_loses_nothing(tmp_path: Path, point: str, count: in
 API_KEY, API_SECRET = "rec-key-3Vb", "rec-secret-8Qw"
 
 
-def _settings(tmp_path: Path, fx: FakeExchange, **live: object):
+def _settings(tmp_path: Path, fx: FakeExchange, alert_urls: list[str] = (), **live: object):
     return load_settings(
         None,
         {
@@ -65,6 +66,7 @@ def _settings(tmp_path: Path, fx: FakeExchange, **live: object):
             "store": {"path": str(tmp_path / "live.db")},
             "control": {"enabled": False},
             "live": live,
+            "alerts": {"urls": list(alert_urls)},
             "logging": {"level": "warning"},
         },
     )
@@ -98,7 +100,9 @@ def _fake() -> FakeExchange:
 
 
 @pytest.mark.parametrize("policy", ["cancel", "keep"])
-def test_stray_orders_are_cancelled_or_kept_and_reported(tmp_path: Path, policy: str) -> None:
+def test_stray_orders_are_cancelled_or_kept_and_reported(
+    tmp_path: Path, policy: str, endpoint: Endpoint
+) -> None:
     async def scenario() -> tuple[Daemon, list[dict]]:
         fx = _fake()
         await fx.start()
@@ -108,7 +112,8 @@ def test_stray_orders_are_cancelled_or_kept_and_reported(tmp_path: Path, policy:
                 await client.create_order(
                     BARS.symbol, "limit", "buy", 0.01, 30_000.0, {"newClientOrderId": "manual-1"}
                 )
-            daemon = await _trade(fx, _settings(tmp_path, fx, stray_orders=policy), 3)
+            settings = _settings(tmp_path, fx, [endpoint.url()], stray_orders=policy)
+            daemon = await _trade(fx, settings, 3)
             return daemon, fx.orders
         finally:
             await fx.stop()
@@ -121,6 +126,9 @@ def test_stray_orders_are_cancelled_or_kept_and_reported(tmp_path: Path, policy:
     else:
         assert daemon.recovery.strays_kept == 1 and manual["status"] == "NEW"
     assert len(daemon.recovery.surprises) == 1 and "manual-1" in daemon.recovery.surprises[0]
+    # Alerted through apprise to a local endpoint, at warning level.
+    (alert,) = [m for m in endpoint.received if "reconciliation" in m["title"]]
+    assert "manual-1" in alert["message"] and alert["type"] == "warning"
 
 
 def test_a_trade_we_never_sent_is_counted_and_never_booked(tmp_path: Path) -> None:

@@ -152,10 +152,12 @@ def test_daemon_trades_like_replay_on_real_bars(tmp_path: Path, paper: bool) -> 
         assert fx.balances["USDT"] == pytest.approx(engine.portfolio.cash, rel=1e-9)
 
 
-def test_paper_daemon_survives_a_dropped_websocket(tmp_path: Path) -> None:
+@pytest.mark.parametrize("paper", [True, False], ids=["paper", "live"])
+def test_daemon_survives_a_dropped_websocket(tmp_path: Path, paper: bool) -> None:
     bars = generate(days=0.1, seed=3, start="2024-01-01T00:00:00Z")  # 144 synthetic bars
-    daemon, _, _ = asyncio.run(_run_against_fake(tmp_path, bars, paper=True, drop_at=50))
-    replay = _replay(tmp_path, bars)
+    daemon, _, _ = asyncio.run(_run_against_fake(tmp_path, bars, paper=paper, drop_at=50))
+    replay = _replay(tmp_path, bars, frictionless=not paper)
+    assert daemon.source is not None and daemon.source.backfilled >= 1
     assert daemon.source is not None and daemon.source.reconnects >= 1
     assert daemon.engine is not None and daemon.engine.bars_seen == len(bars) - 1
     assert daemon.engine.gaps_seen == 0

@@ -1,6 +1,7 @@
-"""Online learning pieces for the stateful LSTM: an experience-replay buffer, a learning rate
-that follows volatility, and one optimiser step (`OnlineTrainer.train_step`). Deciding when
-to fine-tune in the live loop is a later issue; these are its parts.
+"""Online learning pieces: an experience-replay buffer, a learning rate that follows
+volatility, one optimiser step for the stateful LSTM (`OnlineTrainer.train_step`), and the
+guarded fine-tuning mechanics for any network (`OnlineLearner`). Deciding when to fine-tune
+in the live loop and in replay is a later step (issue 8); these are its parts.
 
 Replay: each bar whose label has matured is pushed (features, label, label-valid flag) in
 time order; the buffer keeps the last `capacity` (10,000) bars. A training sample is a window
@@ -12,18 +13,55 @@ With power = 1 (the default), the model adapts faster when the market moves more
 in training (a regime change usually announces itself by a volatility change) and slower in
 quiet markets, where one-minute labels are mostly noise; power = -1 gives the opposite rule
 (smaller steps when noisy), power = 0 a constant rate.
+
+`OnlineLearner`: the fine-tuning mechanics for any single network (TCN, Transformer, LSTM).
+- Maturity, no look-ahead: `on_bar` is given each closed bar (features, high, low, close). A
+  bar enters the replay buffer only when the bar `horizon_bars` later has closed: its triple
+  barrier label is computed then, by the learner, from the bars it has been given (the same
+  rule as labels.triple_barrier), so the buffer at bar t depends on bars <= t only. Bars
+  still pending at a data gap enter without a label (context only), and the gap is marked.
+- Fine-tuning (`fine_tune`) trains a deep COPY of the approved weights for a number of steps
+  and/or a time budget; the approved network, which a predictor may be running, is never
+  touched. Each batch mixes recent windows with `replay_share` of older ones, and the loss
+  adds an L2 pull toward the approved weights (L2-SP: anchor_l2 / 2 * |w - w_approved|^2).
+- The result is a `Candidate`: a new network object plus its judgement. `approve` swaps it in
+  by one reference assignment (atomic for any reader); a predictor is then built from it.
+- Poisoned-update guard (`guard_candidate`, pure): the candidate and the approved weights
+  are scored on the last `holdout_bars` matured bars, which are never trained on (and a
+  purge of one label horizon before them, as in train.py, so no training label overlaps
+  them). A candidate with non-finite weights or loss, or worse by more than
+  `guard_margin_nats`, is rejected, and the approved weights stay.
+
+Why L2-SP and not EWC: EWC weighs the pull per weight by the Fisher information of the old
+data, so it pins hardest the weights the old regime relied on, which are the ones a regime
+change needs to move; it also needs a Fisher pass over the anchor's data at each approval,
+a cost paid between bars. The uniform L2 pull is free, has one knob, and bounds how far one
+round can move; what the old data taught is kept by the replay mix instead, through data
+rather than a curvature estimate. The anchor moves with each approval, so the model can
+follow a lasting change over several rounds while no single round can run away.
+
+Determinism: with steps as the only budget, a seed gives the same candidates bit for bit on
+one machine and thread count (each round draws from its own generator, seeded by (seed,
+round)). A time budget makes the step count, hence the weights, depend on the machine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scalpd.events import BAR_INTERVAL_MS
 from scalpd.models.errors import ModelError
+from scalpd.models.labels import STOP_LOSS, TAKE_PROFIT, TIMEOUT, LabelParams
 from scalpd.models.nets import SeqNet
 
 
@@ -72,23 +110,160 @@ class ReplayBuffer:
         i = self._next % self.capacity
         return np.concatenate([a[i:], a[:i]])
 
+    def valid_ends(
+        self, seq_len: int, lo: int = 0, hi: int | None = None, finite_only: bool = False
+    ) -> np.ndarray:
+        """Positions (0 = oldest kept) in [lo, hi) of labelled bars with a whole window of
+        seq_len bars in their segment behind them (finite_only: no non-finite feature in it)."""
+        n = len(self)
+        hi = n if hi is None else min(hi, n)
+        lo = max(lo, seq_len - 1)
+        if hi <= lo:
+            return np.zeros(0, dtype=np.int64)
+        ok, seg = self._ordered(self._ok), self._ordered(self._seg)
+        ends = np.arange(lo, hi)
+        fits = ok[ends] & (seg[ends] == seg[ends - seq_len + 1])
+        if finite_only:
+            bad = np.concatenate([[0], np.cumsum(~np.isfinite(self._ordered(self._x)).all(1))])
+            fits &= bad[ends + 1] == bad[ends - seq_len + 1]
+        return ends[fits]
+
+    def batch_at(self, ends: np.ndarray, seq_len: int) -> Batch:
+        """The windows of seq_len bars ending at `ends` (positions), the last bar scored."""
+        x, y = self._ordered(self._x), self._ordered(self._y)
+        rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(-seq_len + 1, 1)[None, :]
+        mask = np.zeros(rows.shape, dtype=bool)
+        mask[:, -1] = True
+        return Batch(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]), torch.from_numpy(mask))
+
     def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch | None:
         """Windows of seq_len bars ending at random labelled bars (the last bar of each
         window scored); None when no window fits yet."""
-        x, y, ok, seg = (self._ordered(a) for a in (self._x, self._y, self._ok, self._seg))
-        n = len(x)
-        if n < seq_len:
-            return None
-        ends = np.arange(seq_len - 1, n)
-        fits = ok[ends] & (seg[ends] == seg[ends - seq_len + 1])
-        ends = ends[fits]
+        ends = self.valid_ends(seq_len)
         if not len(ends):
             return None
         pick = rng.choice(ends, size=batch_size, replace=len(ends) < batch_size)
-        rows = pick[:, None] + np.arange(-seq_len + 1, 1)[None, :]
-        mask = np.zeros((batch_size, seq_len), dtype=bool)
-        mask[:, -1] = True
-        return Batch(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]), torch.from_numpy(mask))
+        return self.batch_at(pick, seq_len)
+
+
+def batch_loss(net: SeqNet, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the scored, labelled positions and both sides (train.py's)."""
+    logits = net(batch.x)
+    scored = batch.mask & (batch.y >= 0).all(dim=-1)
+    loss_all = F.cross_entropy(
+        logits.reshape(-1, 3), batch.y.clamp_min(0).reshape(-1), reduction="none"
+    ).view(*scored.shape, 2)
+    return (loss_all * scored[..., None]).sum() / (2 * scored.sum().clamp_min(1))
+
+
+def eval_loss(net: SeqNet, batch: Batch | None) -> float:
+    """batch_loss without gradients, in eval mode; NaN when there is nothing to score."""
+    if batch is None or not bool((batch.mask & (batch.y >= 0).all(dim=-1)).any()):
+        return math.nan
+    net.eval()
+    with torch.no_grad():
+        return float(batch_loss(net, batch))
+
+
+def weights_finite(net: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in net.state_dict().values())
+
+
+def matured_label(
+    entry_close: float, high: np.ndarray, low: np.ndarray, params: LabelParams
+) -> np.ndarray:
+    """The triple-barrier classes [long, short] of a trade opened at `entry_close`, from the
+    highs and lows of the `horizon_bars` bars after it (labels.triple_barrier's rule for one
+    bar, with a tie going to the stop; that function is the reference the tests hold it to).
+    It costs a few vector operations a bar, where triple_barrier over a window costs ~4H."""
+    h = params.horizon_bars
+    if len(high) != h or len(low) != h:
+        raise ModelError(f"a matured label needs the {h} bars after its bar, got {len(high)}")
+    tp, sl = params.take_profit_bps / 1e4, params.stop_loss_bps / 1e4
+    out = np.empty(2, dtype=np.int64)
+    sides = (
+        (high >= entry_close * (1.0 + tp), low <= entry_close * (1.0 - sl)),  # long
+        (low <= entry_close * (1.0 - tp), high >= entry_close * (1.0 + sl)),  # short
+    )
+    for side, (take_hit, stop_hit) in enumerate(sides):
+        take_at = int(take_hit.argmax()) if take_hit.any() else h
+        stop_at = int(stop_hit.argmax()) if stop_hit.any() else h
+        if stop_at < h and stop_at <= take_at:
+            out[side] = STOP_LOSS
+        elif take_at < h:
+            out[side] = TAKE_PROFIT
+        else:
+            out[side] = TIMEOUT
+    return out
+
+
+def fine_tune_copy(
+    approved: SeqNet,
+    next_batch: Callable[[], Batch],
+    *,
+    max_steps: int,
+    lr: float,
+    anchor_l2: float,
+    grad_clip: float = 1.0,
+    budget_ms: float | None = None,
+) -> tuple[SeqNet, list[float]]:
+    """A deep copy of `approved` after up to `max_steps` Adam steps (fewer when `budget_ms`
+    runs out) on batches from `next_batch`, each step's loss plus the L2-SP pull
+    anchor_l2 / 2 * |w - w_approved|^2; returns it (eval mode) and the data losses.
+    `approved` is not modified. Adam, not AdamW: the anchor, not zero, is where weights
+    decay to."""
+    net = copy.deepcopy(approved)
+    anchor = [p.detach() for p in approved.parameters()]
+    params = list(net.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    deadline = None if budget_ms is None else time.perf_counter() + budget_ms / 1e3
+    losses: list[float] = []
+    net.train()
+    for _ in range(max_steps):
+        if deadline is not None and losses and time.perf_counter() >= deadline:
+            break
+        data = batch_loss(net, next_batch())
+        pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+        loss = data + 0.5 * anchor_l2 * pull
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        losses.append(float(data.detach()))
+    net.eval()
+    return net, losses
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    accept: bool
+    reason: str
+
+
+def guard_candidate(
+    candidate_loss: float,
+    approved_loss: float,
+    *,
+    candidate_finite: bool,
+    margin_nats: float,
+) -> GuardVerdict:
+    """Whether a fine-tuned candidate may replace the approved weights, from both losses on
+    the same held-out matured samples (nats): never with non-finite weights or loss, nor
+    when worse than the approved weights by more than `margin_nats`."""
+    if not candidate_finite:
+        return GuardVerdict(False, "candidate has non-finite weights")
+    if not math.isfinite(candidate_loss):
+        return GuardVerdict(False, f"candidate held-out loss is {candidate_loss}")
+    if not math.isfinite(approved_loss):
+        return GuardVerdict(False, "no held-out loss for the approved weights to compare")
+    worse = candidate_loss - approved_loss
+    if worse > margin_nats:
+        return GuardVerdict(
+            False,
+            f"held-out loss {candidate_loss:.4f} is {worse:.4f} nats worse than the "
+            f"approved {approved_loss:.4f} (margin {margin_nats})",
+        )
+    return GuardVerdict(True, f"held-out loss {candidate_loss:.4f} vs approved {approved_loss:.4f}")
 
 
 @dataclass(frozen=True)
@@ -138,15 +313,162 @@ class OnlineTrainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.net.train()
-        logits = self.net(batch.x)
-        scored = batch.mask & (batch.y >= 0).all(dim=-1)
-        loss_all = F.cross_entropy(
-            logits.reshape(-1, 3), batch.y.clamp_min(0).reshape(-1), reduction="none"
-        ).view(*scored.shape, 2)
-        loss = (loss_all * scored[..., None]).sum() / (2 * scored.sum().clamp_min(1))
+        loss = batch_loss(self.net, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.opt.step()
         self.net.eval()
         return float(loss.detach())
+
+
+@dataclass(frozen=True)
+class OnlineParams:
+    seq_len: int = 64  # bars per training window (its last bar scored)
+    batch_size: int = 32
+    recent_bars: int = 1440  # windows ending in the newest this many trainable bars: "recent"
+    replay_share: float = 0.25  # of each batch drawn from older bars (against forgetting)
+    anchor_l2: float = 1e-2  # L2-SP pull toward the last approved weights
+    holdout_bars: int = 240  # the newest matured bars: judged on, never trained on
+    guard_margin_nats: float = 0.02  # a candidate this much worse on them is rejected
+    grad_clip: float = 1.0
+    capacity_bars: int = 10_000  # replay buffer size
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 1 or self.batch_size < 1 or self.recent_bars < 1:
+            raise ModelError(f"online seq_len, batch_size, recent_bars must be >= 1: {self}")
+        if not 0.0 <= self.replay_share < 1.0:
+            raise ModelError(f"online replay_share must be in [0, 1), got {self.replay_share}")
+        if self.anchor_l2 < 0 or self.guard_margin_nats < 0 or self.holdout_bars < 1:
+            raise ModelError(f"online anchor_l2, guard margin >= 0, holdout >= 1: {self}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Fine-tuned weights (a network object of their own) and their judgement."""
+
+    net: SeqNet
+    round: int
+    steps: int
+    train_losses: list[float] = field(repr=False)
+    holdout_loss: float
+    approved_loss: float
+    verdict: GuardVerdict
+
+
+class OnlineLearner:
+    """Matured samples in, guarded candidate weights out (see the module doc)."""
+
+    def __init__(
+        self,
+        net: SeqNet,
+        label: LabelParams,
+        params: OnlineParams | None = None,
+        lr_rule: VolatilityLr | None = None,
+    ) -> None:
+        self.approved = net  # never modified here; replaced (not mutated) by approve()
+        self.approved.eval()
+        self.version = 0  # approvals so far
+        self.label, self.params = label, params or OnlineParams()
+        self.lr_rule = lr_rule or VolatilityLr()
+        self.buffer = ReplayBuffer(net.n_features, self.params.capacity_bars)
+        self.rounds = 0
+        # Bars whose label has not matured: (x, high, low, close), oldest first.
+        self._pending: deque[tuple[np.ndarray, float, float, float]] = deque()
+        self._last_ms: int | None = None
+
+    @property
+    def matured(self) -> int:
+        """Bars pushed to the buffer so far (labelled or not)."""
+        return self.buffer._next
+
+    def on_bar(
+        self, open_time_ms: int, x: np.ndarray, high: float, low: float, close: float
+    ) -> int:
+        """Bar `open_time_ms` has closed: returns how many bars entered the buffer (1 once
+        the bar horizon_bars back matures; the whole pending set, unlabelled, at a gap)."""
+        h = self.label.horizon_bars
+        pushed = 0
+        if self._last_ms is not None and open_time_ms - self._last_ms != BAR_INTERVAL_MS:
+            while self._pending:  # their horizon spans the gap: no valid label, ever
+                self.buffer.push(self._pending.popleft()[0], np.full(2, -1), False)
+                pushed += 1
+            self.buffer.mark_gap()
+        self._last_ms = int(open_time_ms)
+        self._pending.append(
+            (np.asarray(x, dtype=np.float32), float(high), float(low), float(close))
+        )
+        if len(self._pending) > h:
+            x0, _, _, close0 = self._pending.popleft()
+            highs = np.fromiter((b[1] for b in self._pending), float, h)
+            lows = np.fromiter((b[2] for b in self._pending), float, h)
+            self.buffer.push(x0, matured_label(close0, highs, lows, self.label), True)
+            pushed += 1
+        return pushed
+
+    def _regions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Valid window ends: older, recent (trainable), and held out."""
+        p, n = self.params, len(self.buffer)
+        hold_from = n - p.holdout_bars
+        train_to = hold_from - self.label.horizon_bars  # purge: no label reaches the holdout
+        recent_from = train_to - p.recent_bars
+
+        def ends(lo: int, hi: int) -> np.ndarray:
+            return self.buffer.valid_ends(p.seq_len, lo, hi, finite_only=True)
+
+        return ends(0, recent_from), ends(recent_from, train_to), ends(hold_from, n)
+
+    def holdout_batch(self) -> Batch | None:
+        ends = self._regions()[2]
+        return self.buffer.batch_at(ends, self.params.seq_len) if len(ends) else None
+
+    def fine_tune(
+        self,
+        max_steps: int,
+        budget_ms: float | None = None,
+        recent_vol: float = float("nan"),
+    ) -> Candidate | None:
+        """One round of fine-tuning on a copy of the approved weights, judged on the held-out
+        bars; None while there is no recent window to train on or nothing held out."""
+        older, recent, held = self._regions()
+        if not len(recent) or not len(held):
+            return None
+        p = self.params
+        rng = np.random.default_rng([p.seed, self.rounds])
+        n_old = round(p.batch_size * p.replay_share) if len(older) else 0
+
+        def next_batch() -> Batch:
+            pick = rng.choice(recent, size=p.batch_size - n_old, replace=True)
+            if n_old:
+                pick = np.concatenate([rng.choice(older, size=n_old, replace=True), pick])
+            return self.buffer.batch_at(pick, p.seq_len)
+
+        net, losses = fine_tune_copy(
+            self.approved,
+            next_batch,
+            max_steps=max_steps,
+            lr=self.lr_rule(recent_vol),
+            anchor_l2=p.anchor_l2,
+            grad_clip=p.grad_clip,
+            budget_ms=budget_ms,
+        )
+        holdout = self.buffer.batch_at(held, p.seq_len)
+        cand_loss, approved_loss = eval_loss(net, holdout), eval_loss(self.approved, holdout)
+        verdict = guard_candidate(
+            cand_loss,
+            approved_loss,
+            candidate_finite=weights_finite(net),
+            margin_nats=p.guard_margin_nats,
+        )
+        self.rounds += 1
+        return Candidate(net, self.rounds, len(losses), losses, cand_loss, approved_loss, verdict)
+
+    def approve(self, candidate: Candidate) -> bool:
+        """Swap in an accepted candidate (one assignment: a reader sees the old or the new
+        network, never a mix); a rejected one changes nothing. Returns whether it swapped."""
+        if not candidate.verdict.accept:
+            return False
+        self.approved = candidate.net
+        self.version += 1
+        return True

@@ -197,6 +197,12 @@ def _decision_latency() -> Iterator[Result]:
     return bench_decision_latency()
 
 
+def _finetune_step() -> Iterator[Result]:
+    from scalpd.bench.finetune import bench_finetune_step  # imports torch: on demand
+
+    return bench_finetune_step()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "replay_model_bars_per_s": _replay_model,
@@ -207,6 +213,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "features_batch_bars_per_s": _features_batch,
     "recovery_s": _crash_soak,
     "decision_latency": _decision_latency,
+    "finetune_step_ms": _finetune_step,
     **_models(),
 }
 

@@ -548,6 +548,70 @@ class LiveSettings(Section):
     )
 
 
+class OnlineSettings(Section):
+    """Online learning of the model strategy (scalpd/strategy/online.py): fine-tuning between
+    bars on matured outcomes, each candidate guarded on held-out bars before it serves."""
+
+    enabled: bool = Field(
+        False, description="model strategy: keep fine-tuning the model on matured labels"
+    )
+    update_every: Literal["trade", "hour", "day"] = Field(
+        "hour", description="a round after each closed trade, each bar-time hour, or each day"
+    )
+    max_steps: int = Field(20, ge=1, le=100_000, description="optimiser steps per round")
+    budget_ms: float = Field(
+        250.0, gt=0, description="ms, live only: a round stops here (replay counts steps only)"
+    )
+    base_lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate per step")
+    lr_decay: float = Field(
+        1.0, gt=0, le=1, description="learning rate multiplied by this after each round"
+    )
+    lr_vol_power: float = Field(
+        1.0, ge=-4, le=4, description="lr x (recent 1m vol / reference) ** power; 0 = constant"
+    )
+    lr_vol_reference_bps: float = Field(
+        8.0, gt=0, description="bps, 1m volatility at which the learning rate is base_lr"
+    )
+    lr_vol_halflife_bars: int = Field(
+        60, ge=2, description="bars, half-life of the recent 1m volatility estimate"
+    )
+    lr_min_mult: float = Field(0.25, gt=0, description="least volatility multiplier of the lr")
+    lr_max_mult: float = Field(4.0, gt=0, description="largest volatility multiplier of the lr")
+    seq_len: int = Field(64, ge=1, description="bars per training window (its last one scored)")
+    batch_size: int = Field(32, ge=1, le=4096, description="windows per optimiser step")
+    recent_bars: int = Field(
+        1440, ge=1, description="bars: windows ending in the newest this many are 'recent'"
+    )
+    replay_share: float = Field(
+        0.25, ge=0, lt=1, description="share of each batch drawn from older bars (forgetting)"
+    )
+    anchor_l2: float = Field(
+        1e-2, ge=0, description="L2 pull toward the last approved weights (anchor_l2/2 |dw|^2)"
+    )
+    holdout_bars: int = Field(
+        240, ge=1, description="bars, newest matured ones: judged on, never trained on"
+    )
+    guard_margin_nats: float = Field(
+        0.02, ge=0, description="nats, a candidate this much worse on the holdout is rejected"
+    )
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip per step")
+    capacity_bars: int = Field(10_000, ge=2, description="bars kept in the replay buffer")
+    seed: int = Field(0, description="seed of the batch draws (round r uses (seed, r))")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnlineSettings:
+        if self.lr_min_mult > self.lr_max_mult:
+            raise ValueError(
+                f"lr_min_mult ({self.lr_min_mult}) above lr_max_mult ({self.lr_max_mult})"
+            )
+        if self.recent_bars + self.holdout_bars >= self.capacity_bars:
+            raise ValueError(
+                f"recent_bars + holdout_bars ({self.recent_bars + self.holdout_bars}) must be "
+                f"below capacity_bars ({self.capacity_bars})"
+            )
+        return self
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -578,6 +642,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     control: ControlSettings = ControlSettings()
     live: LiveSettings = LiveSettings()
+    online: OnlineSettings = OnlineSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

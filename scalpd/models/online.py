@@ -1,7 +1,7 @@
 """Online learning pieces: an experience-replay buffer, a learning rate that follows
 volatility, one optimiser step for the stateful LSTM (`OnlineTrainer.train_step`), and the
-guarded fine-tuning mechanics for any network (`OnlineLearner`). Deciding when to fine-tune
-in the live loop and in replay is a later step (issue 8); these are its parts.
+guarded fine-tuning mechanics for any network (`OnlineLearner`). When to fine-tune, in replay
+and live, is decided by the model strategy's online model (scalpd/strategy/online.py).
 
 Replay: each bar whose label has matured is pushed (features, label, label-valid flag) in
 time order; the buffer keeps the last `capacity` (10,000) bars. A training sample is a window
@@ -59,10 +59,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from scalpd.config.settings import OnlineSettings
 from scalpd.events import BAR_INTERVAL_MS
 from scalpd.models.errors import ModelError
 from scalpd.models.labels import STOP_LOSS, TAKE_PROFIT, TIMEOUT, LabelParams
 from scalpd.models.nets import SeqNet
+
+# The defaults are the [online] settings' (defined once, in scalpd/config/settings.py).
+_DEFAULTS = OnlineSettings()
 
 
 class Batch(NamedTuple):
@@ -88,6 +92,13 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return min(self._next, self.capacity)
+
+    def last(self) -> tuple[np.ndarray, bool]:
+        """The newest bar's label [long, short] and whether it is valid."""
+        if not self._next:
+            raise ModelError("the replay buffer is empty")
+        i = (self._next - 1) % self.capacity
+        return self._y[i].copy(), bool(self._ok[i])
 
     def mark_gap(self) -> None:
         """The next bar does not follow the last one (data gap): windows never span it."""
@@ -270,11 +281,16 @@ def guard_candidate(
 class VolatilityLr:
     """lr = base_lr * clip((recent_vol / reference_vol) ** power, min_mult, max_mult)."""
 
-    base_lr: float = 1e-4
+    base_lr: float = _DEFAULTS.base_lr
     reference_vol: float = 1.0  # e.g. the training period's median volatility, same unit
-    power: float = 1.0
-    min_mult: float = 0.25
-    max_mult: float = 4.0
+    power: float = _DEFAULTS.lr_vol_power
+    min_mult: float = _DEFAULTS.lr_min_mult
+    max_mult: float = _DEFAULTS.lr_max_mult
+
+    @classmethod
+    def from_settings(cls, s: OnlineSettings) -> VolatilityLr:
+        """Volatility in bps of 1m log returns, the reference from the settings."""
+        return cls(s.base_lr, s.lr_vol_reference_bps, s.lr_vol_power, s.lr_min_mult, s.lr_max_mult)
 
     def __call__(self, recent_vol: float) -> float:
         if not np.isfinite(recent_vol) or recent_vol <= 0 or self.reference_vol <= 0:
@@ -324,16 +340,22 @@ class OnlineTrainer:
 
 @dataclass(frozen=True)
 class OnlineParams:
-    seq_len: int = 64  # bars per training window (its last bar scored)
-    batch_size: int = 32
-    recent_bars: int = 1440  # windows ending in the newest this many trainable bars: "recent"
-    replay_share: float = 0.25  # of each batch drawn from older bars (against forgetting)
-    anchor_l2: float = 1e-2  # L2-SP pull toward the last approved weights
-    holdout_bars: int = 240  # the newest matured bars: judged on, never trained on
-    guard_margin_nats: float = 0.02  # a candidate this much worse on them is rejected
-    grad_clip: float = 1.0
-    capacity_bars: int = 10_000  # replay buffer size
-    seed: int = 0
+    """The learner's knobs; their meaning and units are the [online] settings' of one name."""
+
+    seq_len: int = _DEFAULTS.seq_len
+    batch_size: int = _DEFAULTS.batch_size
+    recent_bars: int = _DEFAULTS.recent_bars
+    replay_share: float = _DEFAULTS.replay_share
+    anchor_l2: float = _DEFAULTS.anchor_l2
+    holdout_bars: int = _DEFAULTS.holdout_bars
+    guard_margin_nats: float = _DEFAULTS.guard_margin_nats
+    grad_clip: float = _DEFAULTS.grad_clip
+    capacity_bars: int = _DEFAULTS.capacity_bars
+    seed: int = _DEFAULTS.seed
+
+    @classmethod
+    def from_settings(cls, s: OnlineSettings) -> OnlineParams:
+        return cls(**{name: getattr(s, name) for name in cls.__dataclass_fields__})
 
     def __post_init__(self) -> None:
         if self.seq_len < 1 or self.batch_size < 1 or self.recent_bars < 1:

@@ -142,21 +142,24 @@ def run_replay(
     store: Store,
     *,
     trade_from_ms: int = 0,
-    probabilities: Literal["precomputed", "streaming"] = "precomputed",
+    probabilities: Literal["precomputed", "streaming"] | None = None,
     baselines: bool = False,
 ) -> ReplayResult:
     """Replay `inp`. Bad rows are quarantined in the store; with on_bad_rows=fail, stop.
 
     trade_from_ms: bars closing before it only warm the strategy up (no trades).
     probabilities: how a model strategy gets its per-bar probabilities. This is the one place
-    that decides it. "precomputed" (the default): replay knows every bar before it starts, so
-    features and the model's outputs are computed in one causal batch pass and read bar by bar
-    (no look-ahead: each value depends on bars up to its own only; see strategy/model.py).
+    that decides it. None (the default): "streaming" with online learning on (online.enabled:
+    a precomputed series cannot learn; asking for "precomputed" then streams, with a warning),
+    else "precomputed". "precomputed": replay knows every bar before it starts, so features
+    and the model's outputs are computed in one causal batch pass and read bar by bar (no
+    look-ahead: each value depends on bars up to its own only; see strategy/model.py).
     "streaming": bar by bar, as live trading does (the reference the test compares with).
     baselines: also run the random-entry and rule baselines for the report (report.random_trials
     replays more; `scalpd replay` does, unless --no-baselines). The report (metrics, targets,
     buy-and-hold, regimes) is stored with every completed run either way.
     """
+    probabilities = _probabilities(settings, probabilities)
     source = ReplaySource(inp.series)
     # The symbols traded are the symbols replayed.
     symbols = settings.symbols.model_copy(update={"trade": source.symbols})
@@ -233,6 +236,21 @@ def run_replay(
     store.save_report(run_id, report)
     store.finish_run(run_id, "completed", summary)
     return ReplayResult(run_id, summary, engine, report)
+
+
+def _probabilities(
+    settings: Settings, asked: Literal["precomputed", "streaming"] | None
+) -> Literal["precomputed", "streaming"]:
+    online = settings.strategy.name == "model" and settings.online.enabled
+    if not online:
+        return asked or "precomputed"
+    if asked == "precomputed":
+        log.warning(
+            "replay_probabilities_streaming",
+            message="online learning is on (online.enabled): a precomputed series cannot "
+            "learn, so this replay streams bar by bar instead of the precomputed asked for",
+        )
+    return "streaming"
 
 
 def recorded_tapes(settings: Settings, source: ReplaySource) -> dict[str, TickTape]:

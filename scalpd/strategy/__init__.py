@@ -18,6 +18,10 @@ def build_strategy(settings, replay_bars=None) -> Strategy:
         from scalpd.strategy.model import ModelStrategy  # imports torch: only when needed
 
         return ModelStrategy(
-            settings.strategy, settings.symbols, settings.strategy.model_path, replay_bars
+            settings.strategy,
+            settings.symbols,
+            settings.strategy.model_path,
+            replay_bars,
+            online=settings.online,
         )
     raise ValueError(f"unknown strategy {settings.strategy.name!r}")

@@ -18,6 +18,8 @@ The decision code is one; where the per-bar probability comes from is a port
   tests prove it), so the value read at bar t is the one streaming would have computed at t,
   to float rounding (features 1e-9, network 1e-5). tests/test_model_strategy.py replays one
   span both ways and gets the same orders and trades.
+- `OnlineModel` (strategy/online.py, when online.enabled): streaming, with a network that
+  keeps fine-tuning on matured labels between bars; replay streams then (run_replay).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from scalpd.config.settings import StrategySettings, SymbolsSettings
+from scalpd.config.settings import OnlineSettings, StrategySettings, SymbolsSettings
 from scalpd.data.bars import BarColumns
 from scalpd.events import BAR_INTERVAL_MS, Bar, Bracket, Fill, Gap, OrderIntent, Trade
 from scalpd.features.batch import compute
@@ -39,9 +41,10 @@ from scalpd.features.spec import FEATURE_NAMES, FEATURE_SET_ID, feature_specs
 from scalpd.models.artifact import ModelArtifact, load_artifact
 from scalpd.models.backends import Predictor
 from scalpd.models.errors import ModelError
-from scalpd.models.labels import CLASS_NAMES, SIDE_NAMES
+from scalpd.models.labels import CLASS_NAMES, SIDE_NAMES, LabelParams
 from scalpd.strategy.base import StrategyContext
 from scalpd.strategy.long_only import NO_INTENTS, LongOnly
+from scalpd.strategy.online import OnlineModel
 
 # The features a model sees: those that bars alone provide. Tick features (spread, depth,
 # trade sizes) and the cross-asset mean need recorded ticks or several symbols, and a column
@@ -179,9 +182,11 @@ class ModelStrategy:
         symbols: SymbolsSettings,
         model_path: Path,
         replay_bars: Sequence[BarColumns] | None = None,
+        online: OnlineSettings | None = None,
     ) -> None:
         """`replay_bars`: the whole series a replay will feed (probabilities precomputed from
-        it); None: streaming, bar by bar (live, paper)."""
+        it); None: streaming, bar by bar (live, paper). `online` with enabled: the model keeps
+        learning (strategy/online.py), streaming only."""
         artifact = load_artifact(model_path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
         label = artifact.meta["label"]
         self.model = f"{artifact.name}/{artifact.version}"
@@ -194,11 +199,24 @@ class ModelStrategy:
             Bracket(float(label["take_profit_bps"]), float(label["stop_loss_bps"])),
             int(label["horizon_bars"]) * BAR_INTERVAL_MS,
         )
-        self.probabilities: ProbabilitySource = (
-            StreamingProbabilities(artifact, symbols.trade, settings.model_backend)
-            if replay_bars is None
-            else PrecomputedProbabilities.from_bars(artifact, replay_bars, settings.model_backend)
-        )
+        self.online: OnlineModel | None = None
+        self.probabilities: ProbabilitySource
+        if online is not None and online.enabled:
+            if replay_bars is not None:
+                raise ModelError("online learning needs streaming probabilities, not precomputed")
+            self.online = OnlineModel(
+                artifact, symbols.trade, online, LabelParams(*self._label), _INPUT_INDEX,
+                (_LONG, _TAKE_PROFIT),
+            )  # fmt: skip
+            self.probabilities = self.online
+        elif replay_bars is None:
+            self.probabilities = StreamingProbabilities(
+                artifact, symbols.trade, settings.model_backend
+            )
+        else:
+            self.probabilities = PrecomputedProbabilities.from_bars(
+                artifact, replay_bars, settings.model_backend
+            )
         # Symbol -> this bar's P(take-profit first) (NaN: no prediction): the engine hands it
         # to the risk manager as the model's confidence (see strategy/base.py).
         self.last_probability: dict[str, float] = {}
@@ -211,14 +229,19 @@ class ModelStrategy:
             return NO_INTENTS
         self.last_probability[bar.symbol] = p_up
         # NaN (no prediction) never enters.
-        return self._position.decide(bar, ctx, p_up >= self._threshold, f"model_p_tp={p_up:.3f}")
+        intents = self._position.decide(bar, ctx, p_up >= self._threshold, f"model_p_tp={p_up:.3f}")
+        if self.online is not None:  # learning comes after the decision, never before it
+            flat = ctx.position(bar.symbol) is None
+            self.online.after_decision(bar.symbol, bar.open_time_ms + BAR_INTERVAL_MS, flat)
+        return intents
 
     def on_gap(self, gap: Gap) -> None:
         self.probabilities.on_gap(gap)
         self._position.on_gap(gap)
 
     def on_fill(self, fill: Fill) -> None:
-        return None
+        if self.online is not None:
+            self.online.on_fill(fill)
 
     def on_trade(self, trade: Trade) -> None:
         self.probabilities.on_trade(trade)
@@ -230,7 +253,10 @@ class ModelStrategy:
         positions came from the running model's, and a restart is the place to change them."""
         probabilities = self.probabilities
         if not isinstance(probabilities, StreamingProbabilities):
-            raise ModelError("only a streaming model strategy (paper, live) swaps its model")
+            raise ModelError(
+                "only a streaming model strategy (paper, live) without online learning swaps "
+                "its model"
+            )
         artifact = load_artifact(model_path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
         label = _barriers(artifact.meta["label"])
         if label != self._label:

@@ -29,6 +29,13 @@ client-side pacer), or, for a bar that sent none, to the end of its decision. A 
 order" when the engine logged an order for it; those get their own p99. The three symbols'
 candles close together: the second and third wait behind the first, as they would live.
 
+That start is when ccxt handled the frame, not when its bytes reached the socket: the frames
+of one step leave the fake exchange within ~0.1 ms, but the second symbol's is read only once
+the event loop is free again, after the first symbol's decision. So each p99 line also gives
+`from_step_first_frame_us_*`: every bar timed from its step's first closed-kline frame, as if
+the three had arrived together, the figure a bar would show had its bytes been stamped on
+arrival (an upper bound of it).
+
 The paper-trading figure (the same bars, the simulated broker: no network) comes beside it,
 and each p99 line splits its bars by whether a position was open as they arrived (the live
 broker asks about resting exits only when a bar reached their price, `CcxtBroker.sync`).
@@ -83,6 +90,8 @@ class LatencyRun:
     mode: str  # live | paper
     measured_by: str  # where the figures come from: DAEMON_MEASURE
     latency_s: list[float] = field(default_factory=list)
+    # Per bar: from its step's first closed-kline frame handled to the bar's end (see above).
+    from_step_first_s: list[float] = field(default_factory=list)
     sent_order: list[bool] = field(default_factory=list)
     positions_open: list[bool] = field(default_factory=list)
     symbols: list[str] = field(default_factory=list)
@@ -326,7 +335,13 @@ async def _drive(
             await _until_processed(daemon, task, (warmup_steps + k) * n_symbols)
             _, run.orders_at_exchange = await _recv(conn)
             # Read per step: the daemon keeps only its recent bars' latencies.
-            run.latency_s += list(daemon.decision_latency_s)[-n_symbols:]
+            latency_s = list(daemon.decision_latency_s)[-n_symbols:]
+            received_ns = list(daemon.source.bars_received_ns)[-n_symbols:]
+            run.latency_s += latency_s
+            first_ns = min(received_ns)
+            run.from_step_first_s += [
+                (ns - first_ns) / 1e9 + s for ns, s in zip(received_ns, latency_s, strict=True)
+            ]
         run.wall_s = time.perf_counter() - t0
     finally:
         daemon.stop()
@@ -454,6 +469,8 @@ def results(run: LatencyRun, **context: Any) -> list[Result]:
             "no_position_us_p99": _us(latency[~held], 99),
             "position_open_us_p50": _us(latency[held], 50),
             "position_open_us_p99": _us(latency[held], 99),
+            "from_step_first_frame_us_p50": _us(run.from_step_first_s, 50),
+            "from_step_first_frame_us_p99": _us(run.from_step_first_s, 99),
             **common,
         },
         {

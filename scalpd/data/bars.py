@@ -6,6 +6,7 @@ the quarantined rows with their reasons, and the caller decides (stop, or go on 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -79,6 +80,20 @@ def symbol_from_filename(stem: str) -> str | None:
         if pair.endswith(quote) and len(pair) > len(quote):
             return f"{pair[: -len(quote)]}/{quote}"
     return None
+
+
+def row_is_clean(
+    open_time_ms: int, open_: float, high: float, low: float, close: float, volume: float
+) -> bool:
+    """True only if `validate` would keep this row on its own: a cheap scalar check for one
+    live bar at a time. It never decides a row is bad: on False, ask `validate` (the rules and
+    the reason). Chained comparisons, so a NaN anywhere fails one of them."""
+    return (
+        open_time_ms % BAR_INTERVAL_MS == 0
+        and 0.0 < low <= open_ <= high < math.inf
+        and low <= close <= high
+        and 0.0 <= volume < math.inf
+    )
 
 
 def validate(bars: BarColumns) -> tuple[BarColumns, list[QuarantinedRow]]:

@@ -284,19 +284,17 @@ class Daemon:
         live_broker = broker if isinstance(broker, CcxtBroker) else None
         source = self.source
         stop_wait = asyncio.ensure_future(self._stop.wait())
+        # A stop wakes the source's wait; the events queued are taken without a task or a
+        # future each (every one is an event-loop hop on the way to a decision).
+        stop_wait.add_done_callback(lambda _: source.interrupt())
         ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
         source.start()
         try:
             while not self._stop.is_set():
-                next_event = asyncio.ensure_future(source.next())
-                done, _ = await asyncio.wait(
-                    [next_event, stop_wait], return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_event not in done:
-                    next_event.cancel()
-                    await asyncio.gather(next_event, return_exceptions=True)
-                    break
-                event = next_event.result()
+                event = source.poll()
+                if event is None:
+                    await source.wait()
+                    continue
                 if not self._ready:  # market data flows: systemd may consider us started
                     self._ready = True
                     systemd.ready()

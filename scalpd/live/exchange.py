@@ -5,6 +5,11 @@ with it the taker-buy volume and trade count, so a live bar carries the same fie
 replayed one and a bar is acted on exactly when the exchange closes it. It also notes two
 moments the decision latency is measured between: when a closed kline's frame was handled
 (`RECEIVED_NS`, in the kept payload) and when an order request left (`first_order_sent_ns`).
+
+Listeners (`kline_listener`, `trade_listener`) hear of each closed kline and each trade print
+while its frame is handled, so the bar source can queue it at once rather than after ccxt's
+watch future resolves and a waiting task wakes: several hops of the event loop per frame, each
+behind whatever else is ready (see scalpd/live/source.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +69,10 @@ class ScalpdBinance(ccxt.pro.binance):
         # monotonic_ns of the first order placement sent since the daemon reset it to None.
         self.first_order_sent_ns: int | None = None
         self.pacer: RequestPacer | None = None  # None: ccxt's own rate limiter
+        # Called with the market id once a closed kline is kept in `closed_klines`.
+        self.kline_listener: Callable[[str], None] | None = None
+        # Called with the unified symbol and ccxt's parsed trade of each trade print.
+        self.trade_listener: Callable[[str, dict[str, Any]], None] | None = None
 
     async def throttle(self, cost=None):  # type: ignore[override]
         if self.pacer is None:
@@ -90,7 +100,20 @@ class ScalpdBinance(ccxt.pro.binance):
                     queue = self.closed_klines[market_id] = deque(maxlen=_CLOSED_KLINES_KEPT)
                 kline[RECEIVED_NS] = time.monotonic_ns()
                 queue.append(kline)
+                if self.kline_listener is not None:
+                    self.kline_listener(market_id)
         super().handle_ohlcv(client, message)
+
+    def handle_trade(self, client: Any, message: dict) -> None:
+        super().handle_trade(client, message)
+        listener = self.trade_listener
+        if listener is not None:
+            # The market exactly as ccxt resolved it, so the symbol is the cache's key.
+            spot = "spot" if self.is_spot_url(client) else "contract"
+            symbol = self.safe_market(self.safe_string(message, "s"), None, None, spot)["symbol"]
+            cached = self.trades.get(symbol)
+            if cached:
+                listener(symbol, cached[-1])
 
 
 def point_at(exchange: ccxt.Exchange, rest_url: str | None, ws_url: str | None) -> None:

@@ -12,6 +12,14 @@ loop, and an exception there (truncated JSON, a payload of the wrong shape) ends
 silently: the connection stays open and nothing arrives again. `guard_ws_frames` catches it per
 frame, so a bad frame is logged and counted (`malformed`) and the next one is read. Klines for a
 symbol we did not ask for are dropped and counted the same way.
+
+Latency: a closed kline or a trade print is queued while its frame is handled (the exchange's
+`kline_listener` / `trade_listener`), and `next()` waits on one future the queue sets. Waiting
+for ccxt's watch future instead costs several event-loop hops per frame (the future resolves,
+a watch task wakes, the queue's getter, the reader's task), each queued behind everything else
+ready, such as the other symbols' frames of the same minute. The watch tasks still subscribe,
+see disconnections and backfill; a kline that needs REST first (a hole after it, or a backfill
+under way for its symbol) is left to them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +37,14 @@ import numpy as np
 import structlog
 
 from scalpd.config.settings import ExchangeSettings
-from scalpd.data.bars import BarColumns, validate
+from scalpd.data.bars import BarColumns, row_is_clean, validate
 from scalpd.events import BAR_INTERVAL_MS, Bar, Gap, Side, Trade
 from scalpd.live.exchange import RECEIVED_NS, ScalpdBinance
 
 log = structlog.get_logger("scalpd.live.source")
 
 _KLINES_PAGE = 1000
+_RECEIVED_KEPT = 1000
 
 
 def _num(value: Any, default: float = math.nan) -> float:
@@ -111,6 +121,8 @@ def guard_ws_frames(exchange: Any, on_bad_frame: Callable[[Any, Exception], None
 
 def bar_problem(bar: Bar) -> str | None:
     """Why `bar` is unusable, by the same rules as historical data (`data.bars.validate`)."""
+    if row_is_clean(bar.open_time_ms, bar.open, bar.high, bar.low, bar.close, bar.volume):
+        return None
     one = BarColumns(
         bar.symbol,
         *(np.array([value]) for value in bar[1:]),
@@ -132,7 +144,10 @@ class CcxtBarSource:
         self._symbols = symbols
         self._settings = settings
         self._with_trades = trades
-        self._queue: asyncio.Queue[Bar | Gap | Trade] = asyncio.Queue()
+        self._queue: deque[Bar | Gap | Trade] = deque()
+        self._waiter: asyncio.Future[bool] | None = None  # done: an event queued (False), a stop
+        self._backfilling: set[str] = set()  # symbols whose klines wait for their watch task
+        self._symbol_of = {exchange.market(s)["id"]: s for s in symbols}
         self.last_trade_id: dict[str, int] = {}
         self.trades_seen = 0
         self._tasks: list[asyncio.Task] = []
@@ -145,12 +160,17 @@ class CcxtBarSource:
         # daemon's decision latency. Stamped per bar as it is parsed, read as next() returns it.
         self.received_ns = 0
         self._received_ns: dict[tuple[str, int], int] = {}
+        # `received_ns` of the recent bars returned, oldest first (the bench reads them).
+        self.bars_received_ns: deque[int] = deque(maxlen=_RECEIVED_KEPT)
         self._down_since_s: dict[str, float] = {}  # symbol -> monotonic s of its outage start
         self.malformed = 0  # frames that could not be decoded or handled; foreign klines
         self._market_ids = {exchange.market(s)["id"] for s in symbols}
         guard_ws_frames(exchange, self._on_bad_frame)
 
     def start(self) -> None:
+        self._exchange.kline_listener = self._on_closed_kline
+        if self._with_trades:
+            self._exchange.trade_listener = self._on_trade
         self._tasks = [
             asyncio.create_task(self._watch(symbol), name=f"watch:{symbol}")
             for symbol in self._symbols
@@ -160,39 +180,72 @@ class CcxtBarSource:
                 asyncio.create_task(self._watch_trades(symbol), name=f"trades:{symbol}")
                 for symbol in self._symbols
             ]
+        for task in self._tasks:
+            task.add_done_callback(self._wake)
 
     async def next(self) -> Bar | Gap | Trade:
         """The next closed bar, gap or trade, from any symbol (a bar: see `received_ns`)."""
-        event = await self._next_event()
+        while True:
+            event = self.poll()
+            if event is not None:
+                return event
+            await self.wait()
+
+    def poll(self) -> Bar | Gap | Trade | None:
+        """The next queued event without waiting; None when none is queued."""
+        if not self._queue:
+            return None
+        event = self._queue.popleft()
         if type(event) is Bar:
             stamp = self._received_ns.pop((event.symbol, event.open_time_ms), 0)
             self.received_ns = stamp or time.monotonic_ns()
+            self.bars_received_ns.append(self.received_ns)
         return event
+
+    async def wait(self) -> None:
+        """Until an event is queued or `interrupt()` is called. A watch task that ended (it
+        never should) raises its error here rather than leave the caller waiting forever."""
+        while not self._queue:
+            self._raise_if_watcher_ended()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            if waiter.result():  # interrupted
+                return
+
+    def interrupt(self) -> None:
+        """Make a pending `wait()` return, queued events or not (a stop)."""
+        self._wake(None, interrupted=True)
+
+    def _wake(self, _task: Any = None, *, interrupted: bool = False) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(interrupted)
+
+    def _raise_if_watcher_ended(self) -> None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                task.result()  # a watcher died: surface its error rather than hang
+                raise RuntimeError("a market-data watcher stopped")
+
+    def _put(self, event: Bar | Gap | Trade) -> None:
+        self._queue.append(event)
+        self._wake()
 
     def disconnected_since_s(self) -> float | None:
         """time.monotonic() at which market data was first lost, over the symbols still
         without their kline stream; None while every symbol's stream is connected."""
         return min(self._down_since_s.values(), default=None)
 
-    async def _next_event(self) -> Bar | Gap | Trade:
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        getter = asyncio.ensure_future(self._queue.get())
-        try:
-            done, _ = await asyncio.wait(
-                [getter, *self._tasks], return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter in done:
-            return getter.result()
-        for task in done:  # a watcher died: surface its error rather than hang
-            task.result()
-        raise RuntimeError("a market-data watcher stopped")
-
     async def close(self) -> None:
+        if self._exchange.kline_listener == self._on_closed_kline:
+            self._exchange.kline_listener = None
+        if self._exchange.trade_listener == self._on_trade:
+            self._exchange.trade_listener = None
         for task in self._tasks:
+            task.remove_done_callback(self._wake)
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
@@ -236,32 +289,40 @@ class CcxtBarSource:
                 await asyncio.sleep(backoff_s * (1 + 0.2 * random.random()))
                 backoff_s = min(backoff_s * 2, self._settings.reconnect_max_backoff_s)
                 continue
-            last_id = self.last_trade_id.get(symbol, -1)
-            for raw in trades:
-                try:
-                    trade_id = int(raw["id"])
-                    if trade_id <= last_id:
-                        continue  # ccxt returns its cache: keep only the new ones
-                    trade = Trade(
-                        symbol,
-                        int(raw["timestamp"]),
-                        float(raw["price"]),
-                        float(raw["amount"]),
-                        Side(raw["side"]),
-                        str(trade_id),
-                    )
-                except (KeyError, TypeError, ValueError) as exc:
-                    self.quarantined += 1
-                    log.error("malformed_trade", symbol=symbol, error=str(exc))
-                    continue
-                if not (trade.price > 0 and trade.qty > 0):
-                    self.quarantined += 1
-                    log.error("trade_quarantined", symbol=symbol, trade=trade._asdict())
-                    continue
-                last_id = trade_id
-                self.trades_seen += 1
-                self._queue.put_nowait(trade)
-            self.last_trade_id[symbol] = last_id
+            if self._exchange.trade_listener != self._on_trade:  # else queued already
+                for raw in trades:
+                    self._take_trade(symbol, raw)
+
+    def _on_trade(self, symbol: str, raw: dict[str, Any]) -> None:
+        if symbol in self._symbol_of.values():
+            self._take_trade(symbol, raw)
+
+    def _take_trade(self, symbol: str, raw: dict[str, Any]) -> None:
+        """Queue a trade from ccxt's parsed form unless it was queued already or is bad."""
+        last_id = self.last_trade_id.get(symbol, -1)
+        try:
+            trade_id = int(raw["id"])
+            if trade_id <= last_id:
+                return
+            trade = Trade(
+                symbol,
+                int(raw["timestamp"]),
+                float(raw["price"]),
+                float(raw["amount"]),
+                Side(raw["side"]),
+                str(trade_id),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            self.quarantined += 1
+            log.error("malformed_trade", symbol=symbol, error=str(exc))
+            return
+        if not (trade.price > 0 and trade.qty > 0):
+            self.quarantined += 1
+            log.error("trade_quarantined", symbol=symbol, trade=trade._asdict())
+            return
+        self.last_trade_id[symbol] = trade_id
+        self.trades_seen += 1
+        self._put(trade)
 
     def _on_bad_frame(self, data: Any, exc: Exception) -> None:
         self.malformed += 1
@@ -277,6 +338,24 @@ class CcxtBarSource:
             dropped = closed.pop(market_id)
             self.malformed += len(dropped)
             log.error("kline_for_unknown_symbol", market_id=market_id[:40], klines=len(dropped))
+
+    def _on_closed_kline(self, market_id: str) -> None:
+        """A closed kline was kept: queue its bar now unless REST must come first."""
+        symbol = self._symbol_of.get(market_id)
+        if symbol is None or symbol in self._backfilling:
+            return  # a foreign kline (dropped by a watcher), or a backfill's: the watcher's
+        queue = self._exchange.closed_klines.get(market_id)
+        while queue:
+            kline = queue[0]
+            try:
+                bar = bar_from_ws_kline(symbol, kline)
+            except (KeyError, TypeError, ValueError):
+                return  # the watcher quarantines it, in order with the rest
+            last = self.last_open_ms.get(symbol)
+            if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
+                return  # a hole: the watcher asks REST for it first
+            queue.popleft()
+            self._emit(bar, kline.get(RECEIVED_NS))
 
     async def _drain(self, symbol: str, market_id: str) -> None:
         if len(self._exchange.closed_klines) > len(self._market_ids):
@@ -302,6 +381,7 @@ class CcxtBarSource:
         since = self.last_open_ms.get(symbol)
         if since is None:
             return
+        self._backfilling.add(symbol)
         try:
             now_ms = await self._exchange.fetch_time()
             while True:
@@ -326,6 +406,8 @@ class CcxtBarSource:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             self.quarantined += 1
             log.error("malformed_klines_response", symbol=symbol, error=str(exc))
+        finally:
+            self._backfilling.discard(symbol)
 
     def _emit(self, bar: Bar, received_ns: int | None = None) -> None:
         """Queue `bar` for the engine unless it is a duplicate or malformed; `received_ns`:
@@ -342,7 +424,7 @@ class CcxtBarSource:
             log.error("bar_quarantined", symbol=symbol, reason=problem, bar=bar._asdict())
             return
         if last is not None and bar.open_time_ms > last + BAR_INTERVAL_MS:
-            self._queue.put_nowait(Gap(symbol, last, bar.open_time_ms))
+            self._put(Gap(symbol, last, bar.open_time_ms))
         self.last_open_ms[symbol] = bar.open_time_ms
         self._received_ns[(symbol, bar.open_time_ms)] = received_ns or time.monotonic_ns()
-        self._queue.put_nowait(bar)
+        self._put(bar)

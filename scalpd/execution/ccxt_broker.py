@@ -181,10 +181,13 @@ class CcxtBroker:
             await self._on_entry_status(client_id, execution, info)
 
     async def _poll_bracket(self, symbol: str, bracket: LiveBracket) -> None:
-        for leg in (bracket.stop_loss, bracket.take_profit):
-            if leg.client_id in bracket.done:
-                continue
-            info = await self._poll(leg)
+        legs = [
+            leg for leg in (bracket.stop_loss, bracket.take_profit)
+            if leg.client_id not in bracket.done
+        ]  # fmt: skip
+        # Both legs asked at once: one round trip on the decision path, not two.
+        answers = await asyncio.gather(*(self._poll(leg) for leg in legs))
+        for leg, info in zip(legs, answers, strict=True):
             if info is None:
                 continue
             await self._book_fills(leg, info)

@@ -51,7 +51,7 @@ from scalpd.logs import configure_logging
 from scalpd.ops import alerts, systemd
 from scalpd.ops.alerts import Alerter
 from scalpd.risk.breakers import DAILY_LOSS, MANUAL, TRIP, RiskEvent, RiskState, kind_of
-from scalpd.store.sqlite import Store
+from scalpd.store.sqlite import SqliteJournal, Store
 
 log = structlog.get_logger("scalpd.live")
 
@@ -112,6 +112,7 @@ class Daemon:
         self.run_id: int | None = None
         self.bars_processed = 0
         self.broker: SimBroker | CcxtBroker | None = None
+        self.journal: SqliteJournal | None = None
         self._bars_by_symbol: dict[str, int] = {}
         self.recovery: Recovery | None = None  # what the start took over (live)
         self.recovery_s = 0.0
@@ -202,10 +203,11 @@ class Daemon:
             if risk_state is not None:
                 lift_stop_pause(risk_state)
             self.run_id = store.start_run(self.mode, settings.redacted(), label, account)
+            self.journal = store.journal(self.run_id, durable=True)
             self.engine = engine = build_engine(
                 settings,
                 broker=broker,
-                journal=store.journal(self.run_id, durable=True),
+                journal=self.journal,
                 clock=WallClock(),
                 run_id=self.run_id,
                 cash=cash,
@@ -313,6 +315,9 @@ class Daemon:
                         if live_broker.has_unbooked_fills():
                             crash_point("fill_unrecorded")
                     engine.on_bar(event)
+                    # What the bar recorded (fills, intents, orders) is on disk before any of
+                    # its orders leaves.
+                    self.commit()
                     close_ms = event.open_time_ms + 60_000
                     if self._data_ms is None or close_ms >= self._data_ms:
                         self._data_ms = close_ms
@@ -371,6 +376,7 @@ class Daemon:
             settings=self.settings.live,
             now_ms=WallClock().now_ms,
         )
+        self.commit()
         self.recovery_s = time.monotonic() - started
         if found.surprises and self.alerter is not None:
             self.alerter.send(
@@ -405,6 +411,13 @@ class Daemon:
             if self._stop_paused:
                 engine.resume(now_ms, MANUAL)
                 self._stop_paused = False
+            self.commit()
+
+    def commit(self) -> None:
+        """Make what the engine recorded durable; called before anything recorded is acted on
+        (orders sent) and after every batch of reports booked."""
+        if self.journal is not None:
+            self.journal.flush()
 
     def _now_ms(self) -> int:
         now_ms = self.risk_now_ms()

@@ -217,6 +217,7 @@ class DaemonServices:
     async def flatten(self, args: dict[str, Any]) -> dict[str, Any]:
         async with self.daemon.bar_lock:
             sent = self.engine.flatten(self._now_ms(), str(args.get("reason") or "flatten"))
+            self.daemon.commit()  # the exits are on disk before they are sent
             if isinstance(self.broker, CcxtBroker):
                 await self.broker.flush()
         log.warning("flatten", orders=sent)

@@ -1,8 +1,10 @@
 """SQLite store: runs, intents, orders, fills, round trips, positions, equity, quarantined rows,
 and each replay's report (the JSON `scalpd report RUN` rebuilds its HTML from).
 
-WAL mode. A live journal commits every record at once with `synchronous=FULL`, so an order is
-on disk before it is sent; a replay journal commits in batches (a replay can be run again) and
+WAL mode. A live journal writes with `synchronous=FULL` and its owner commits each event's
+records in one transaction (`flush()`) before acting on them, so an order is on disk before it
+is sent (the daemon: after each bar's decision, before its orders go out); a replay journal
+commits in batches (a replay can be run again) and
 marks its run completed only at the very end, so a crash never leaves a run that looks whole.
 """
 
@@ -351,7 +353,8 @@ class Store:
 class SqliteJournal:
     """The engine's Journal port on SQLite.
 
-    durable=True (live, paper): commit each record with synchronous=FULL before returning.
+    durable=True (live, paper): synchronous=FULL; the owner commits with `flush()` before it
+    acts on what was recorded (one fsync per event, not one per record).
     durable=False (replay): one transaction per `_BATCH` records, and `flush()` at the end.
     """
 
@@ -366,8 +369,7 @@ class SqliteJournal:
 
     def _done(self) -> None:
         if self._durable:
-            self._conn.commit()
-            return
+            return  # committed by the owner's flush(), before it acts
         self._pending += 1
         if self._pending >= self._BATCH:
             self.flush()

@@ -198,6 +198,10 @@ class CcxtBroker:
             del self.brackets[symbol]
             self._forget_legs(bracket)
 
+    def queued(self) -> int:
+        """Orders and cancels waiting for `flush()`."""
+        return len(self._outbox)
+
     def has_unbooked_fills(self) -> bool:
         """Fills learnt from the exchange that the engine has not booked (journaled) yet."""
         return any(type(r) is Fill for r in self._reports)

@@ -38,7 +38,7 @@ from scalpd.data.recorder import TickRecorder
 from scalpd.engine.build import build_engine, portfolio_for
 from scalpd.engine.engine import Engine
 from scalpd.engine.ports import WallClock
-from scalpd.events import Gap, Trade
+from scalpd.events import Bar, Gap, Trade
 from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
 from scalpd.faults import crash_point
@@ -290,6 +290,9 @@ class Daemon:
         # future each (every one is an event-loop hop on the way to a decision).
         stop_wait.add_done_callback(lambda _: source.interrupt())
         ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
+        # Bars decided whose orders have not been sent yet: (bar, received_ns, decided_ns,
+        # whether it queued an order).
+        pending: list[tuple[Bar, int, int, bool]] = []
         source.start()
         try:
             while not self._stop.is_set():
@@ -310,6 +313,7 @@ class Daemon:
                     continue
                 received_ns = source.received_ns
                 async with self.bar_lock:
+                    queued_before = live_broker.queued() if live_broker is not None else 0
                     if live_broker is not None:
                         await live_broker.sync(event)
                         if live_broker.has_unbooked_fills():
@@ -318,34 +322,28 @@ class Daemon:
                     # What the bar recorded (fills, intents, orders) is on disk before any of
                     # its orders leaves.
                     self.commit()
+                    ordered = live_broker is not None and live_broker.queued() > queued_before
                     close_ms = event.open_time_ms + 60_000
                     if self._data_ms is None or close_ms >= self._data_ms:
                         self._data_ms = close_ms
                         self._data_mono_s = time.monotonic()
-                    if live_broker is not None:
-                        exchange.first_order_sent_ns = None
-                        await live_broker.flush()
-                # To the first order request leaving (a bar that sent one), else to the end of
-                # the decision.
-                sent_ns = exchange.first_order_sent_ns if live_broker is not None else None
-                latency_s = ((sent_ns or time.monotonic_ns()) - received_ns) / 1e9
-                self.decision_latency_s.append(latency_s)
-                if live_broker is not None:
-                    await self._check_resting(live_broker, event.symbol)
-                if self.services is not None:
-                    self.services.on_bar(event, latency_s)
-                async with self._progress:
-                    self.bars_processed += 1
-                    self._progress.notify_all()
-                log.info(
-                    "bar",
-                    symbol=event.symbol,
-                    open_time_ms=event.open_time_ms,
-                    close=event.close,
-                    equity=round(engine.equity(), 2),
-                )
+                pending.append((event, received_ns, time.monotonic_ns(), ordered))
+                # Another symbol's candle of the same minute is already here: decide it before
+                # this one's orders go out, so it does not wait behind their round trip. A
+                # candle of a symbol already pending (a backlog) waits for the send, as it
+                # would one bar at a time: its decision must see those orders answered.
+                following = source.next_bar_symbol()
+                room = not self.max_bars or self.bars_processed + len(pending) < self.max_bars
+                if (
+                    room
+                    and following is not None
+                    and all(bar.symbol != following for bar, *_ in pending)
+                ):
+                    continue
+                await self._send_pending(pending, engine, live_broker, exchange)
                 if self.max_bars and self.bars_processed >= self.max_bars:
                     break
+            await self._send_pending(pending, engine, live_broker, exchange)
             if self._stop.is_set():
                 await self._stop_trading(engine, live_broker)
         finally:
@@ -385,6 +383,43 @@ class Daemon:
                 "\n".join(found.surprises[:20]),
                 level="warning",
             )
+
+    async def _send_pending(
+        self,
+        pending: list[tuple[Bar, int, int, bool]],
+        engine: Engine,
+        live_broker: CcxtBroker | None,
+        exchange: ScalpdBinance,
+    ) -> None:
+        """Send the orders of the bars decided, then account for each bar: its decision
+        latency (to its order's request leaving, else to its decision's end), the resting
+        orders' check, metrics, progress and its log line."""
+        if not pending:
+            return
+        sent_ns = None
+        if live_broker is not None:
+            async with self.bar_lock:
+                exchange.first_order_sent_ns = None
+                await live_broker.flush()
+            sent_ns = exchange.first_order_sent_ns
+        for bar, received_ns, decided_ns, ordered in pending:
+            latency_s = ((sent_ns if ordered and sent_ns else decided_ns) - received_ns) / 1e9
+            self.decision_latency_s.append(latency_s)
+            if live_broker is not None:
+                await self._check_resting(live_broker, bar.symbol)
+            if self.services is not None:
+                self.services.on_bar(bar, latency_s)
+            async with self._progress:
+                self.bars_processed += 1
+                self._progress.notify_all()
+            log.info(
+                "bar",
+                symbol=bar.symbol,
+                open_time_ms=bar.open_time_ms,
+                close=bar.close,
+                equity=round(engine.equity(), 2),
+            )
+        pending.clear()
 
     async def _check_resting(self, broker: CcxtBroker, symbol: str) -> None:
         """Every `live.check_resting_every_bars` bars of a symbol, after its decision: ask

@@ -202,6 +202,13 @@ class CcxtBarSource:
             self.bars_received_ns.append(self.received_ns)
         return event
 
+    def next_bar_symbol(self) -> str | None:
+        """The symbol of the first bar queued (trades skipped); None when no bar is."""
+        for event in self._queue:
+            if type(event) is Bar:
+                return event.symbol
+        return None
+
     async def wait(self) -> None:
         """Until an event is queued or `interrupt()` is called. A watch task that ended (it
         never should) raises its error here rather than leave the caller waiting forever."""

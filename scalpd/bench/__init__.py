@@ -203,6 +203,12 @@ def _finetune_step() -> Iterator[Result]:
     return bench_finetune_step()
 
 
+def _online_regime() -> Iterator[Result]:
+    from scalpd.bench.online_regime import bench_online_regime  # imports torch: on demand
+
+    return bench_online_regime()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "replay_model_bars_per_s": _replay_model,
@@ -214,6 +220,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "recovery_s": _crash_soak,
     "decision_latency": _decision_latency,
     "finetune_step_ms": _finetune_step,
+    "online_regime": _online_regime,
     **_models(),
 }
 

@@ -155,7 +155,11 @@ class OnlineModel:
         m.last_ms, m.last_close = t, bar.close
         m.predictions.append(None if probs is None else probs.copy())
         learner = m.learner
-        if learner.on_bar(t, x, bar.high, bar.low, bar.close):
+        # At a gap the learner also flushes the bars still pending (unlabelled): the count it
+        # returns is not "one label matured". The oldest prediction is scored when the
+        # predictions outnumber the horizon: its label matured with this bar.
+        learner.on_bar(t, x, bar.high, bar.low, bar.close)
+        if len(m.predictions) > learner.label.horizon_bars:
             predicted = m.predictions.popleft()
             y, ok = learner.buffer.last()
             if ok and predicted is not None:

@@ -22,7 +22,7 @@ from scalpd.config.settings import RiskSettings, load_settings
 from scalpd.data.synthetic import generate
 from scalpd.fakex import FakeExchange
 from scalpd.fakex.crashes import crash_and_recover
-from scalpd.fakex.testing import ccxt_client
+from scalpd.fakex.testing import ccxt_client, exchange_section, until_unsubscribed
 from scalpd.live.daemon import STOPPING, Daemon, lift_stop_pause
 from scalpd.risk.manager import RiskManager
 from scalpd.store.sqlite import Store
@@ -54,13 +54,7 @@ def _settings(tmp_path: Path, fx: FakeExchange, alert_urls: list[str] = (), **li
     return load_settings(
         None,
         {
-            "exchange": {
-                "rest_url": fx.base_url,
-                "ws_url": fx.ws_url,
-                "api_key": API_KEY,
-                "api_secret": API_SECRET,
-                "reconnect_initial_backoff_s": 0.05,
-            },
+            "exchange": exchange_section(fx, API_KEY, API_SECRET),
             "symbols": {"trade": [BARS.symbol], "stream_trades": False},
             "strategy": {"fast_period_bars": 3, "slow_period_bars": 8, "max_hold_bars": 12},
             "store": {"path": str(tmp_path / "live.db")},
@@ -84,8 +78,7 @@ async def _trade(fx: FakeExchange, settings, bars: int) -> Daemon:
     finally:
         daemon.stop()
         assert await asyncio.wait_for(task, 20) == 0
-    while fx.subscriptions:  # the next start must subscribe anew
-        await asyncio.sleep(0.01)
+    await until_unsubscribed(fx)  # the next start must subscribe anew
     return daemon
 
 

@@ -21,6 +21,7 @@ import pytest
 from scalpd.config.settings import load_settings
 from scalpd.data.synthetic import generate
 from scalpd.fakex import FakeExchange
+from scalpd.fakex.testing import exchange_section
 from scalpd.live.daemon import Daemon
 from scalpd.ops.control import ControlError, request
 from scalpd.risk.breakers import RiskState
@@ -38,14 +39,7 @@ WAIT_S = 20  # a bound on a hang only
 
 def _settings(tmp_path: Path, fx: FakeExchange, **sections: dict[str, Any]):
     overrides: dict[str, Any] = {
-        "exchange": {
-            "rest_url": fx.base_url,
-            "ws_url": fx.ws_url,
-            "api_key": API_KEY,
-            "api_secret": API_SECRET,
-            "reconnect_initial_backoff_s": 0.05,
-            "reconnect_max_backoff_s": 0.2,
-        },
+        "exchange": exchange_section(fx, API_KEY, API_SECRET, reconnect_max_backoff_s=0.2),
         "symbols": {"trade": [SYMBOL]},
         "strategy": STRATEGY,
         "store": {"path": str(tmp_path / "svc.db")},

@@ -27,6 +27,7 @@ from scalpd.data.synthetic import generate
 from scalpd.events import Fill, Order, OrderType, Side
 from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.fakex import FakeExchange
+from scalpd.fakex.testing import exchange_section
 from scalpd.live.daemon import Daemon
 from scalpd.live.exchange import make_exchange, market_rules
 from scalpd.store.sqlite import Store
@@ -43,13 +44,7 @@ Hook = Callable[[FakeExchange, int], Awaitable[None]]
 
 def daemon_settings(tmp_path: Path, fx: FakeExchange, db: str, **sections: Any) -> Settings:
     overrides: dict[str, Any] = {
-        "exchange": {
-            "rest_url": fx.base_url,
-            "ws_url": fx.ws_url,
-            "api_key": API_KEY,
-            "api_secret": API_SECRET,
-            "reconnect_initial_backoff_s": 0.05,
-        },
+        "exchange": exchange_section(fx, API_KEY, API_SECRET),
         "symbols": {"trade": [BTC]},
         "strategy": STRATEGY,
         "store": {"path": str(tmp_path / db)},

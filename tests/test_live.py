@@ -24,6 +24,7 @@ from scalpd.data.bars import BarColumns
 from scalpd.data.parquet import read_parquet
 from scalpd.data.synthetic import generate
 from scalpd.fakex import FakeExchange
+from scalpd.fakex.testing import exchange_section
 from scalpd.live.daemon import Daemon
 from scalpd.replay.runner import ReplayInput, run_replay
 from scalpd.store.sqlite import Store
@@ -38,13 +39,7 @@ def _settings(tmp_path: Path, fx: FakeExchange, db: str, symbol: str):
     return load_settings(
         None,
         {
-            "exchange": {
-                "rest_url": fx.base_url,
-                "ws_url": fx.ws_url,
-                "api_key": API_KEY,
-                "api_secret": API_SECRET,
-                "reconnect_initial_backoff_s": 0.05,
-            },
+            "exchange": exchange_section(fx, API_KEY, API_SECRET),
             "symbols": {"trade": [symbol]},
             "strategy": STRATEGY,
             "store": {"path": str(tmp_path / db)},

@@ -229,29 +229,17 @@ class CcxtBroker:
         info = await self._fetch(order)
         if info is None:
             return "gone"
+        await self._book_fills(order, info)
         if order.parent_id is not None:  # a bracket leg: its pair is rebuilt by adopt_bracket
-            await self._book_fills(order, info)
             if info.get("status") in _CLOSED_STATUSES:
                 self._report_end(order, info)
                 return "ended"
             return "resting"
         if info.get("status") not in _CLOSED_STATUSES:
-            await self._book_fills(order, info)
             if order.type is OrderType.LIMIT:
                 self.working_entries[order.client_id] = execution
-            partly = execution.filled_qty > 0
-            status = OrderStatus.PARTIALLY_FILLED if partly else OrderStatus.OPEN
-            self._reports.append(
-                OrderUpdate(
-                    order.client_id,
-                    status,
-                    _time_of(info),
-                    execution.filled_qty,
-                    execution.exchange_id,
-                )
-            )
+            self._report_working(execution, _time_of(info))
             return "resting"
-        await self._book_fills(order, info)
         self._report_end(order, info)
         if not await self._adopt_armed_bracket(order):
             await self._arm_bracket_on_fills(execution)
@@ -303,6 +291,8 @@ class CcxtBroker:
         return found
 
     async def cancel_by_client_id(self, symbol: str, client_id: str) -> None:
+        """Cancel one order; one that ended meanwhile (not found) is no error: asking for its
+        status says how it ended."""
         market = self._ex.market(symbol)
         try:
             await self._call(
@@ -360,15 +350,7 @@ class CcxtBroker:
         if order.type is OrderType.LIMIT and status not in _CLOSED_STATUSES:
             await self._book_fills(order, info)
             self.working_entries[order.client_id] = execution
-            self._reports.append(
-                OrderUpdate(
-                    order.client_id,
-                    OrderStatus.PARTIALLY_FILLED if execution.filled_qty else OrderStatus.OPEN,
-                    _time_of(info),
-                    execution.filled_qty,
-                    execution.exchange_id,
-                )
-            )
+            self._report_working(execution, _time_of(info))
             return
         if status in _CLOSED_STATUSES:
             await self._book_fills(order, info)
@@ -389,26 +371,24 @@ class CcxtBroker:
             await self._arm_bracket_on_fills(execution)
             self._executions.pop(client_id, None)
         elif execution.filled_qty > before:
-            self._reports.append(
-                OrderUpdate(
-                    client_id,
-                    OrderStatus.PARTIALLY_FILLED,
-                    execution.last_fill_ms,
-                    execution.filled_qty,
-                    execution.exchange_id,
-                )
+            self._report_working(execution, execution.last_fill_ms)
+
+    def _report_working(self, execution: _Execution, time_ms: int) -> None:
+        """The order rests on the exchange: open, or partly filled."""
+        filled = execution.filled_qty
+        self._reports.append(
+            OrderUpdate(
+                execution.order.client_id,
+                OrderStatus.PARTIALLY_FILLED if filled > 0 else OrderStatus.OPEN,
+                time_ms,
+                filled,
+                execution.exchange_id,
             )
+        )
 
     async def _expire_entry(self, client_id: str, execution: _Execution) -> None:
         """The limit entry's time is up: cancel the rest, arm the bracket on what filled."""
-        market = self._ex.market(execution.order.symbol)
-        try:
-            await self._call(
-                self._ex.private_delete_order,
-                {"symbol": market["id"], "origClientOrderId": client_id},
-            )
-        except ccxt.OrderNotFound:
-            pass  # filled (or gone) meanwhile: its status below says which
+        await self.cancel_by_client_id(execution.order.symbol, client_id)
         info = await self._fetch(execution.order)
         if info is None:
             return
@@ -700,13 +680,7 @@ class CcxtBroker:
         operator asked for nothing resting. A bracket that filled meanwhile is synced instead."""
         for client_id, execution in list(self.working_entries.items()):
             order = execution.order
-            try:
-                await self._call(
-                    self._ex.private_delete_order,
-                    {"symbol": self._ex.market(order.symbol)["id"], "origClientOrderId": client_id},
-                )
-            except ccxt.OrderNotFound:
-                pass  # filled or gone meanwhile: its status below says which
+            await self.cancel_by_client_id(order.symbol, client_id)
             info = await self._fetch(order)
             del self.working_entries[client_id]
             if info is not None:

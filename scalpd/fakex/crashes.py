@@ -34,6 +34,7 @@ from scalpd.data.bars import BarColumns
 from scalpd.engine.portfolio import Portfolio
 from scalpd.execution.fees import QUOTE_ASSET, base_asset
 from scalpd.fakex.server import FakeExchange
+from scalpd.fakex.testing import until_unsubscribed
 from scalpd.live.recovery import fill_from_row, held_base, rebuild_book
 from scalpd.store.sqlite import Store
 
@@ -181,7 +182,7 @@ async def crash_and_recover(
             if k < len(bars) - 1:
                 assert await fx.step()
                 k += 1
-            await _until_unsubscribed(fx)
+            await until_unsubscribed(fx, BAR_WAIT_S)
             daemon = await _Daemon.start(workdir, env, 1)
             await asyncio.wait_for(fx.wait_subscribed(1), BAR_WAIT_S)
             restarted = daemon.started_s
@@ -199,14 +200,6 @@ async def crash_and_recover(
         outcome.problems.append(f"the last daemon exited with {code}")
     _judge(outcome, fx, db, bars.symbol)
     return outcome
-
-
-async def _until_unsubscribed(fx: FakeExchange) -> None:
-    """Until the killed daemon's WebSocket is gone from the exchange's side too, so that the
-    next subscription seen is the restarted daemon's."""
-    async with asyncio.timeout(BAR_WAIT_S):
-        while fx.subscriptions:
-            await asyncio.sleep(0.01)
 
 
 def _judge(outcome: Outcome, fx: FakeExchange, db: Path, symbol: str) -> None:

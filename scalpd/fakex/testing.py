@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -57,6 +58,27 @@ def random_walk_bars(
         "taker_buy_base": taker_buy,
         "taker_buy_quote": np.round(taker_buy * close, 4),
     }
+
+
+def exchange_section(fx: FakeExchange, api_key: str, api_secret: str, **extra: object) -> dict:
+    """The `[exchange]` settings of a daemon trading on `fx`: its URLs, the keys, and a short
+    reconnect backoff (tests drop connections on purpose); `extra` adds or overrides keys."""
+    return {
+        "rest_url": fx.base_url,
+        "ws_url": fx.ws_url,
+        "api_key": api_key,
+        "api_secret": api_secret,
+        "reconnect_initial_backoff_s": 0.05,
+        **extra,
+    }
+
+
+async def until_unsubscribed(fx: FakeExchange, timeout_s: float = 60.0) -> None:
+    """Until no WebSocket stream is subscribed on `fx` (a stopped or killed daemon's are gone
+    from the exchange's side too), so that the next subscription seen is a new daemon's."""
+    async with asyncio.timeout(timeout_s):
+        while fx.subscriptions:
+            await asyncio.sleep(0.01)
 
 
 @asynccontextmanager

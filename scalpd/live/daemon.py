@@ -476,23 +476,16 @@ class Daemon:
             return
         if self._stop_paused and event.breaker == MANUAL:
             return  # the stop's own pause and its lifting: the STOP alert says it all
+        tripped = event.action == TRIP
         daily = kind_of(event.breaker) == DAILY_LOSS
-        if event.action == TRIP:
-            self.alerter.send(
-                alerts.DAILY_LOSS_LIMIT if daily else alerts.BREAKER_TRIP,
-                f"risk breaker {event.breaker} tripped ({self.mode}): entries paused",
-                f"run {self.run_id}: {event.reason}",
-                key=f"risk:{event.breaker}:trip",
-                level="warning",
-            )
-        else:
-            self.alerter.send(
-                alerts.DAILY_LOSS_LIMIT if daily else alerts.BREAKER_TRIP,
-                f"risk breaker {event.breaker} reset ({self.mode})",
-                f"run {self.run_id}: {event.reason}",
-                key=f"risk:{event.breaker}:reset",
-                level="info",
-            )
+        what = f"tripped ({self.mode}): entries paused" if tripped else f"reset ({self.mode})"
+        self.alerter.send(
+            alerts.DAILY_LOSS_LIMIT if daily else alerts.BREAKER_TRIP,
+            f"risk breaker {event.breaker} {what}",
+            f"run {self.run_id}: {event.reason}",
+            key=f"risk:{event.breaker}:{'trip' if tripped else 'reset'}",
+            level="warning" if tripped else "info",
+        )
 
     def _alert_stopped(self, status: str, error: str) -> None:
         if self.alerter is None:

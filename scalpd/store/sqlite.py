@@ -307,10 +307,6 @@ class Store:
             )
         )
 
-    def known_order(self, client_id: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM orders WHERE client_id = ?", (client_id,)))
-        return rows[0] if rows else None
-
     def fill_ids(self, client_id: str) -> set[str]:
         """The exchange trade ids already booked for one of our orders (in any run)."""
         rows = self.conn.execute("SELECT trade_id FROM fills WHERE client_id = ?", (client_id,))

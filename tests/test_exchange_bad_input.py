@@ -58,11 +58,20 @@ def daemon_settings(tmp_path: Path, fx: FakeExchange, db: str, **sections: Any) 
 
 
 async def drive(
-    fx: FakeExchange, settings: Settings, *, paper: bool, steps: int, before_step: Hook | None
+    fx: FakeExchange,
+    settings: Settings,
+    *,
+    paper: bool,
+    steps: int,
+    before_step: Hook | None,
+    started: list[Daemon] | None = None,
 ) -> Daemon:
     """Run a daemon against `fx` (serving) for `steps` steps, each closing one bar of every
-    symbol; `before_step(fx, k)` runs before the step that closes bar k."""
+    symbol; `before_step(fx, k)` runs before the step that closes bar k. `started` gets the
+    daemon as soon as it exists (for a hook that looks at it)."""
     daemon = Daemon(settings, paper=paper)
+    if started is not None:
+        started.append(daemon)
     task = asyncio.create_task(daemon.run())
     symbols = len(settings.symbols.trade)
     try:
@@ -194,8 +203,9 @@ def _with_foreign_trade(trades: list[dict]) -> list[dict]:
 
 
 def test_trades_of_orders_never_sent_are_never_booked(tmp_path: Path) -> None:
-    """Live: every myTrades answer also lists a trade of an order we never sent. The run's
-    trades, cash, stored fills and the exchange's balances equal a clean run's."""
+    """Live, resting orders polled (no user-data stream): every myTrades answer also lists a
+    trade of an order we never sent. The run's trades, cash, stored fills and the exchange's
+    balances equal a clean run's."""
     # 57 bars whose two round trips both end on their take-profit: a bracket leg's fills are
     # looked up in myTrades.
     bars = generate(days=0.04, seed=11, start="2024-01-01T00:00:00Z")
@@ -206,7 +216,7 @@ def test_trades_of_orders_never_sent_are_never_booked(tmp_path: Path) -> None:
         if inject:
             fx.rewrite_next_response("GET", "/api/v3/myTrades", _with_foreign_trade, n=10_000)
         await fx.start()
-        settings = daemon_settings(tmp_path, fx, db)
+        settings = daemon_settings(tmp_path, fx, db, live={"user_stream": False})
         daemon = await drive(fx, settings, paper=False, steps=steps, before_step=None)
         return daemon, fx, settings
 
@@ -226,6 +236,68 @@ def test_trades_of_orders_never_sent_are_never_booked(tmp_path: Path) -> None:
     assert len(fills) == len(dirty_fx.trades)
     assert str(FOREIGN_TRADE["id"]) not in {str(f.get("trade_id")) for f in fills}
     store.close()
+
+
+def _report(client_id: str, **fields: Any) -> str:
+    """A user-data stream frame: an executionReport of `client_id`, fields as given."""
+    event = {
+        "e": "executionReport", "E": 1_704_067_260_000, "s": "BTCUSDT", "c": client_id,
+        "S": "SELL", "o": "LIMIT_MAKER", "f": "GTC", "q": "0.1", "p": "41000", "P": "0",
+        "g": -1, "C": "", "x": "TRADE", "X": "FILLED", "r": "NONE", "i": 880_002,
+        "l": "0.1", "z": "0.1", "L": "41000", "n": "4.1", "N": "USDT", "T": 1_704_067_260_000,
+        "t": 990_002, "w": False, "m": True, "O": 1_704_067_200_000, "Z": "4100", "Y": "4100",
+        **fields,
+    }  # fmt: skip
+    return orjson.dumps({"subscriptionId": 0, "event": event}).decode()
+
+
+def test_bad_user_stream_reports_are_counted_and_never_booked(tmp_path: Path) -> None:
+    """Live with the user-data stream: while a bracket rests, the stream also brings a
+    truncated frame, a fill of an order we never sent, and a report of our own take-profit
+    leg "filled" at a NaN price. Nothing of it is booked: the run's trades, cash and stored
+    fills equal a clean run's, and the exchange's balances too."""
+    bars = generate(days=0.04, seed=11, start="2024-01-01T00:00:00Z")
+    steps = len(bars) - 1
+    spoiled: list[int] = []
+
+    async def run(inject: bool, db: str) -> tuple[Daemon, FakeExchange]:
+        fx = FakeExchange({BTC: bars.kline_columns()}, api_key=API_KEY, api_secret=API_SECRET)
+        await fx.start()
+        settings = daemon_settings(tmp_path, fx, db)
+        daemons: list[Daemon] = []
+
+        async def spoil(fx: FakeExchange, k: int) -> None:
+            broker = daemons[0].broker if daemons else None
+            bracket = (
+                broker.brackets.get(BTC) if isinstance(broker, CcxtBroker) else None
+            )  # fmt: skip
+            if not inject or bracket is None or len(spoiled) >= 3:
+                return
+            spoiled.append(k)
+            await fx.push_user_raw('{"subscriptionId": 0, "event": {"e": "executionRep')
+            await fx.push_user_raw(_report("not-ours-1"))
+            tp = bracket.take_profit.client_id
+            (order_id,) = [o["orderId"] for o in fx.orders if o["clientOrderId"] == tp]
+            await fx.push_user_raw(_report(tp, i=order_id, L="NaN", t=990_100 + k))
+
+        daemon = await drive(
+            fx, settings, paper=False, steps=steps, before_step=spoil, started=daemons
+        )
+        return daemon, fx
+
+    clean, clean_fx = asyncio.run(run(False, "clean.db"))
+    dirty, dirty_fx = asyncio.run(run(True, "dirty.db"))
+    assert spoiled, "no bracket rested: nothing was injected"
+    assert trade_rows(dirty) == trade_rows(clean) and len(trade_rows(clean)) >= 2
+    assert dirty.engine is not None and clean.engine is not None
+    assert dirty.engine.portfolio.cash == pytest.approx(clean.engine.portfolio.cash, rel=1e-12)
+    assert dirty_fx.balances == clean_fx.balances
+    assert dirty.engine.anomalies == 0
+    broker = dirty.broker
+    assert isinstance(broker, CcxtBroker)
+    # Each NaN report of our own leg is counted (and so is the real fill's report after them:
+    # ccxt keeps the bad trades in that order's list); the REST answers decided meanwhile.
+    assert broker.anomalies >= len(spoiled) and broker.stream_reconnects == 0
 
 
 def test_live_broker_refuses_answers_about_other_orders_and_nan_fills(tmp_path: Path) -> None:

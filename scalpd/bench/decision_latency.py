@@ -98,6 +98,9 @@ class LatencyRun:
     warmup_bars: int = 0
     orders_at_exchange: int = 0
     wall_s: float = 0.0
+    # Live: whether the account's user-data stream was up at the end, and its reconnects.
+    user_stream_live: bool | None = None
+    user_stream_reconnects: int = 0
 
 
 def _need(relative: str) -> Path:
@@ -343,6 +346,10 @@ async def _drive(
                 (ns - first_ns) / 1e9 + s for ns, s in zip(received_ns, latency_s, strict=True)
             ]
         run.wall_s = time.perf_counter() - t0
+        broker = daemon.broker
+        if not paper and broker is not None:
+            run.user_stream_live = getattr(broker, "stream_live", None)
+            run.user_stream_reconnects = getattr(broker, "stream_reconnects", 0)
     finally:
         daemon.stop()
         await asyncio.wait_for(task, _STEP_TIMEOUT_S)
@@ -457,6 +464,8 @@ def results(run: LatencyRun, **context: Any) -> list[Result]:
     }
     if run.mode == "live":
         common["orders_at_exchange"] = run.orders_at_exchange
+        common["user_stream_live"] = run.user_stream_live
+        common["user_stream_reconnects"] = run.user_stream_reconnects
     return [
         {"bench": f"{prefix}_us_p50", "value": _us(latency, 50), "unit": "us", **common},
         {

@@ -542,8 +542,15 @@ class LiveSettings(Section):
         10,
         ge=1,
         description=(
-            "resting orders are asked about when a bar reaches their price, and also every "
-            "this many bars of their symbol, after the decision"
+            "without the user-data stream, resting orders are asked about when a bar reaches "
+            "their price, and also every this many bars of their symbol, after the decision"
+        ),
+    )
+    user_stream: bool = Field(
+        True,
+        description=(
+            "learn fills from the account's user-data stream (no request on the decision "
+            "path); false, or while it is down: resting orders a bar reached are polled"
         ),
     )
 

@@ -15,20 +15,27 @@ lot step is sold with the next exit, as the simulated broker does.
 
 Every fill's fee and fee asset are the exchange's (its trade data), never recomputed here.
 
+What resting orders did is learnt from the account's user-data stream when it runs
+(`watch_account`, Binance's executionReport: each fill with its trade id, price and fee, as
+it happens), so a bar that filled an exit normally costs no request on the decision path. REST
+is the fallback: a resting order the bar reached about which the stream said nothing new (it is
+down, reconnecting, or slower than the market stream this once) is asked about, and after the
+stream reconnects every resting order is asked about once (events sent meanwhile are lost).
+
 Limit entries (`OrderType.LIMIT`) rest as GTC limit orders under our client id. They are
-polled each bar like the exit legs: partial fills become `Fill` reports as they happen, with an
-`OrderUpdate` carrying the cumulative filled quantity; after `limit_ttl_bars` bars (counted on
-the order's symbol, from the bar after the one it was decided on; the daemon passes each bar to
-`sync`) the rest is cancelled. When
-the entry completes, or is cancelled after a partial fill, its bracket is armed on what was
-filled. When an exit's take-profit fills only in part, the exchange expires the stop (Binance's
-OCO rule) and the rest of the take-profit keeps resting until it fills or the time stop cancels
-it.
+learnt about each bar like the exit legs: partial fills become `Fill` reports as they happen,
+with an `OrderUpdate` carrying the cumulative filled quantity; after `limit_ttl_bars` bars
+(counted on the order's symbol, from the bar after the one it was decided on; the daemon passes
+each bar to `sync`) the rest is cancelled. When the entry completes, or is cancelled after a
+partial fill, its bracket is armed on what was filled. When an exit's take-profit fills only in
+part, the exchange expires the stop (Binance's OCO rule) and the rest of the take-profit keeps
+resting until it fills or the time stop cancels it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +64,9 @@ _CLOSED_STATUSES = frozenset({"closed", "canceled", "cancelled", "expired", "rej
 # Float dust of summed fills: a quantity within this share of the order's is all of it.
 _QTY_REL_EPS = 1e-9
 DEFAULT_LIMIT_TTL_BARS = 5
+# Event-loop turns `sync` gives the user-data stream's reader before polling a reached order.
+_STREAM_CATCH_UP_YIELDS = 16
+_SUBSCRIBE_TIMEOUT_S = 30.0
 
 
 @dataclass(slots=True)
@@ -71,6 +81,7 @@ class _Execution:
     last_fill_ms: int = 0
     trade_ids: set[str] = field(default_factory=set)
     age_bars: int = 0  # bars of the order's symbol closed since it was sent (limit entries)
+    unreadable_report: tuple | None = None  # the stream's last unreadable report of it
 
     @property
     def average_price(self) -> float:
@@ -95,6 +106,7 @@ class CcxtBroker:
         limit_ttl_bars: int = DEFAULT_LIMIT_TTL_BARS,
         order_lookup_tries: int = 3,
         backoff_initial_s: float = 1.0,
+        user_stream: bool = False,
     ) -> None:
         if limit_ttl_bars < 1:
             raise ValueError("limit_ttl_bars must be at least 1")
@@ -111,6 +123,13 @@ class CcxtBroker:
         self.working_entries: dict[str, _Execution] = {}  # resting limit entries, by client id
         self._held: dict[str, float] = {}  # base bought less sold and base fees, by symbol
         self.anomalies = 0  # order answers and trades from the exchange not booked (see logs)
+        self._user_stream = user_stream
+        # The user-data stream is subscribed and its events flow (watch_account). After a
+        # reconnect, `_resync` asks about every resting order once: events sent while it was
+        # down are not replayed.
+        self.stream_live = False
+        self._resync = False
+        self.stream_reconnects = 0
 
     # -- Broker port (synchronous, called by the engine) ---------------------------------------
 
@@ -139,35 +158,44 @@ class CcxtBroker:
                 await self._cancel_bracket(*payload)
 
     async def sync(self, bar: Bar | None = None) -> None:
-        """Learn what resting orders did before `bar` is handed to the engine (polled; a
-        user-data stream can replace it). `bar` ages the limit entries of its symbol (None:
-        of every symbol); one that has now rested `limit_ttl_bars` bars is cancelled, so the
-        engine learns its end on the same bar as the simulator's would expire it.
+        """Learn what resting orders did before `bar` is handed to the engine. `bar` ages the
+        limit entries of its symbol (None: of every symbol); one that has now rested
+        `limit_ttl_bars` bars is cancelled, so the engine learns its end on the same bar as
+        the simulator's would expire it.
 
-        Only orders the bar's range reached are asked about: a buy limit fills only at or
-        below its price, a take-profit sell at or above its own, a stop triggers at or below
-        its stop, and the bar's high and low bound every trade of its minute. So a bar that
-        reached none costs no request on the decision path; `check_resting` asks about the
-        rest now and then, off that path, in case something else ended them (an operator
-        on the exchange's site)."""
+        The user-data stream's news is taken first (no request). Only orders the bar's range
+        reached and the stream said nothing new about are asked about over REST: a buy
+        limit fills only at or below its price, a take-profit sell at or above its own, a
+        stop triggers at or below its stop, and the bar's high and low bound every trade of
+        its minute. So a bar costs no request on the decision path unless the stream is down
+        or late; `check_resting` asks about the rest now and then, off that path, in case
+        something else ended them (an operator on the exchange's site)."""
+        if self._resync and self.stream_live:
+            self._resync = False
+            bar = None  # events may have been lost while the stream was down: ask about all
         for client_id, execution in list(self.working_entries.items()):
             if bar is not None and bar.symbol != execution.order.symbol:
                 continue
             execution.age_bars += 1
             expiring = execution.age_bars >= self._limit_ttl_bars
-            if bar is not None and not expiring and not entry_reached(execution.order, bar):
-                continue
-            await self._poll_entry(client_id, execution)
+            (info,) = await self._learn(
+                [execution], reached=bar is None or entry_reached(execution.order, bar)
+            )
+            if info is not None:
+                await self._on_entry_status(client_id, execution, info)
             if client_id in self.working_entries and expiring:
                 await self._expire_entry(client_id, execution)
         for symbol, bracket in list(self.brackets.items()):
-            if bar is not None and (symbol != bar.symbol or not bracket_reached(bracket, bar)):
+            if bar is not None and symbol != bar.symbol:
                 continue
-            await self._poll_bracket(symbol, bracket)
+            await self._sync_bracket(symbol, bracket, bar is None or bracket_reached(bracket, bar))
 
     async def check_resting(self, symbol: str) -> None:
         """Ask about every resting order of `symbol`, reached or not (see `sync`); what is
-        found is reported with the symbol's next bar."""
+        found is reported with the symbol's next bar. Nothing to ask while the user-data
+        stream is live: it reports every change of the account's orders, whoever made it."""
+        if self.stream_live:
+            return
         for client_id, execution in list(self.working_entries.items()):
             if execution.order.symbol == symbol:
                 await self._poll_entry(client_id, execution)
@@ -187,6 +215,25 @@ class CcxtBroker:
         ]  # fmt: skip
         # Both legs asked at once: one round trip on the decision path, not two.
         answers = await asyncio.gather(*(self._poll(leg) for leg in legs))
+        await self._on_leg_answers(symbol, bracket, legs, answers)
+
+    async def _sync_bracket(self, symbol: str, bracket: LiveBracket, reached: bool) -> None:
+        legs = [
+            leg for leg in (bracket.stop_loss, bracket.take_profit)
+            if leg.client_id not in bracket.done
+        ]  # fmt: skip
+        executions = [self._executions.setdefault(leg.client_id, _Execution(leg)) for leg in legs]
+        answers = await self._learn(executions, reached)
+        if any(info is not None for info in answers):
+            await self._on_leg_answers(symbol, bracket, legs, answers)
+
+    async def _on_leg_answers(
+        self,
+        symbol: str,
+        bracket: LiveBracket,
+        legs: list[Order],
+        answers: Sequence[dict[str, Any] | None],
+    ) -> None:
         for leg, info in zip(legs, answers, strict=True):
             if info is None:
                 continue
@@ -197,6 +244,123 @@ class CcxtBroker:
         if len(bracket.done) == 2:
             del self.brackets[symbol]
             self._forget_legs(bracket)
+
+    async def _learn(
+        self, executions: list[_Execution], reached: bool
+    ) -> list[dict[str, Any] | None]:
+        """What is new about resting orders: the user-data stream's report of each that has
+        news; when the bar reached them, the exchange's answer to a poll for the others (asked
+        at once: one round trip). None: nothing to learn now."""
+        answers = [self._stream_news(x) for x in executions]
+        if not reached or all(info is not None for info in answers):
+            return answers
+        if self.stream_live:
+            # The stream's frame for this bar may be read but not handled yet (it comes on
+            # another connection than the candle): let its reader run before asking.
+            for _ in range(_STREAM_CATCH_UP_YIELDS):
+                await asyncio.sleep(0)
+                answers = [self._stream_news(x) for x in executions]
+                if all(info is not None for info in answers):
+                    return answers
+        missing = [i for i, info in enumerate(answers) if info is None]
+        polled = await asyncio.gather(*(self._poll(executions[i].order) for i in missing))
+        for i, info in zip(missing, polled, strict=True):
+            answers[i] = info
+        return answers
+
+    def _stream_news(self, execution: _Execution) -> dict[str, Any] | None:
+        """The stream's latest report of the order when it says more than we know (a fill
+        not booked, or its end), with each trade's detail; None otherwise. A report without
+        the trades (the stream began after the order was placed) still counts: booking it
+        asks for the trades."""
+        if not self.stream_live:
+            return None
+        cache = getattr(self._ex, "orders", None)
+        if cache is None:
+            return None
+        order = execution.order
+        by_id = cache.hashmap.get(order.symbol)
+        if not by_id:
+            return None
+        if execution.exchange_id is not None:
+            info = by_id.get(str(execution.exchange_id))
+        else:  # placed but its answer not read yet: known by our client id only
+            info = next(
+                (o for o in reversed(by_id.values()) if o.get("clientOrderId") == order.client_id),
+                None,
+            )
+        if info is None or info.get("clientOrderId") != order.client_id:
+            return None
+        # ccxt updates a cached order in place: a report is told apart by what it says.
+        said = (
+            info.get("status"),
+            info.get("filled"),
+            info.get("lastUpdateTimestamp"),
+            len(info.get("trades") or ()),
+        )
+        if said == execution.unreadable_report:
+            return None  # counted once; REST decides until the stream says more
+        try:
+            filled = float(info.get("filled") or 0.0)
+        except (TypeError, ValueError):
+            filled = math.nan
+        closed = info.get("status") in _CLOSED_STATUSES
+        more = not filled <= execution.filled_qty * (1 + _QTY_REL_EPS)  # NaN: looked at below
+        if not (closed or more):
+            return None
+        if not _adds_up(info, filled):
+            # A report we cannot read whole (a NaN field, trades that do not make its filled
+            # quantity): the exchange's REST answer decides, for every resting order.
+            execution.unreadable_report = said
+            self.anomalies += 1
+            self._resync = True
+            log.error(
+                "user_stream_report_unreadable",
+                client_id=order.client_id,
+                status=repr(info.get("status"))[:40],
+                filled=repr(info.get("filled"))[:40],
+            )
+            return None
+        return info
+
+    async def watch_account(self) -> None:
+        """Keep the account's user-data stream subscribed, for `sync`, until cancelled. A
+        dropped stream is subscribed again with backoff; meanwhile `sync` polls."""
+        if not self._user_stream:
+            return
+        delay_s = self._backoff_initial_s
+        while True:
+            try:
+                async with asyncio.timeout(_SUBSCRIBE_TIMEOUT_S):
+                    await self._ex.authenticate()  # subscribed once this returns
+                if self._resync or self.stream_reconnects:
+                    log.info("user_stream_subscribed", reconnects=self.stream_reconnects)
+                self.stream_live = True
+                delay_s = self._backoff_initial_s
+                while True:
+                    await self._ex.watch_orders()
+            except asyncio.CancelledError:
+                self.stream_live = False
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stream error never stops trading
+                if self.stream_live:
+                    self.stream_reconnects += 1
+                self.stream_live = False
+                self._resync = True
+                log.warning("user_stream_down", error=f"{type(exc).__name__}: {exc}"[:300])
+                await self._drop_user_stream_client()
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+
+    async def _drop_user_stream_client(self) -> None:
+        """Start the next subscription on a new connection. ccxt 4.5.90 can leave a refused
+        subscription's future pending on the old one (its cleanup raises KeyError first), and
+        every later subscribe would wait on it for ever."""
+        url = self._ex.urls["api"]["ws"]["ws-api"]["spot"]
+        client = self._ex.clients.pop(url, None)
+        if client is not None:
+            client.reset(ccxt.NetworkError("user-data stream restarted"))
+            await client.close()
 
     def queued(self) -> int:
         """Orders and cancels waiting for `flush()`."""
@@ -424,15 +588,21 @@ class CcxtBroker:
         # The legs are reported (and journaled by the engine) before they are sent.
         self._reports += [take_profit, stop_loss]
         try:
-            await self._call(self._ex.private_post_orderlist_oco, request)
+            answer = await self._call(self._ex.private_post_orderlist_oco, request)
         except (ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadRequest) as exc:
             for leg in (take_profit, stop_loss):
                 self._reject(leg, f"{type(exc).__name__}: {exc}")
             log.error("bracket_rejected", entry_id=entry.client_id, error=str(exc))
             return
         crash_point("bracket_sent")
+        # The legs' exchange ids: what the stream's reports of them are found by.
+        ids = {
+            str(r.get("clientOrderId")): str(r.get("orderId"))
+            for r in (answer or {}).get("orderReports") or []
+            if isinstance(r, dict) and r.get("orderId") is not None
+        }
         for leg in (take_profit, stop_loss):
-            self._executions[leg.client_id] = _Execution(leg)
+            self._executions[leg.client_id] = _Execution(leg, ids.get(leg.client_id))
         self.brackets[entry.symbol] = LiveBracket(list_id, take_profit, stop_loss)
 
     async def _cancel_bracket(self, symbol: str, time_ms: int) -> None:
@@ -709,6 +879,26 @@ def bracket_reached(bracket: LiveBracket, bar: Bar) -> bool:
 
 class UnreadableAnswer(ccxt.ExchangeError):
     """The exchange answered something ccxt could not parse (counted in `anomalies`)."""
+
+
+def _adds_up(info: dict[str, Any], filled: float) -> bool:
+    """Whether a streamed order's trades are readable and make its filled quantity (without
+    trades, the stream began after the order was placed: booking asks for them)."""
+    if not 0 <= filled < math.inf:
+        return False
+    trades = info.get("trades")
+    if trades is None:
+        return True
+    total = 0.0
+    for trade in trades:
+        try:
+            qty, price = float(trade["amount"]), float(trade["price"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if not (0 < qty < math.inf and 0 < price < math.inf):
+            return False
+        total += qty
+    return abs(total - filled) <= max(filled, total) * 1e-9
 
 
 def _time_of(info: dict[str, Any]) -> int:

@@ -38,6 +38,7 @@ from scalpd.fakex.matching import (
     mandatory,
 )
 from scalpd.fakex.timeline import BAR_MS, SymbolBars, Timeline
+from scalpd.fakex.userstream import Announcer
 from scalpd.live.exchange import point_at, spot_only
 
 Json = Any
@@ -67,6 +68,7 @@ _FAULT_BODIES = {
     ),
 }
 _WS_PREFIXES = ("/stream", "/ws")
+_WS_API_PATH = "/ws-api/v3"
 
 
 @dataclass(eq=False)  # identity hashing: connections live in a set
@@ -74,6 +76,7 @@ class _Connection:
     ws: web.WebSocketResponse
     combined: bool
     streams: set[str] = field(default_factory=set)
+    user_subscription: int | None = None  # WebSocket API: the user-data stream's id
 
     async def send(self, payload: Json) -> bool:
         """Send one frame; False when the client is gone."""
@@ -184,6 +187,8 @@ class FakeExchange:
         self._subscriptions_changed = asyncio.Condition()
         self._step_lock = asyncio.Lock()
         self._cancel_ids = itertools.count(1)
+        self._announcer = Announcer()
+        self._user_subscription_ids = itertools.count(0)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._host = "127.0.0.1"
@@ -277,6 +282,8 @@ class FakeExchange:
                 market_id = bars.market.market_id
                 opening = wire.kline_event(market_id, k, closed=False, event_time_ms=k.open_time_ms)
                 events.append((f"{market_id.lower()}@kline_1m", opening))
+        # The bar's fills reach the user-data stream before its kline reaches the market one.
+        await self._announce()
         await self._broadcast(events)
 
     async def _auto_step(self, interval_s: float) -> None:
@@ -397,6 +404,19 @@ class FakeExchange:
                 sent += 1
         return sent
 
+    async def push_user_raw(self, text: str) -> int:
+        """Send `text` verbatim, as one frame, to every user-data stream subscriber (a bad or
+        forged executionReport, truncated JSON); returns how many got it."""
+        sent = 0
+        for conn in list(self._connections):
+            if conn.user_subscription is not None and not conn.ws.closed:
+                try:
+                    await conn.ws.send_str(text)
+                except (ConnectionError, RuntimeError):
+                    continue
+                sent += 1
+        return sent
+
     def kline_event(self, symbol: str, index: int, *, closed: bool = True) -> dict[str, Any]:
         """The `<symbol>@kline_1m` event of timeline bar `index` of `symbol` ("BTC/USDT") as
         `step` would push it: a starting point for a crafted (malformed, repeated) kline."""
@@ -434,7 +454,9 @@ class FakeExchange:
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
         if is_ws and self._faults.refuse_ws:
             return _json_response({"code": -1, "msg": "streams unavailable"}, status=503)
-        # The WebSocket API (orders over ws) is not served, wherever a client points it.
+        if is_ws and path.endswith(_WS_API_PATH):
+            return await self._handle_ws_api(request)
+        # Nothing else of the WebSocket API (orders over ws) is served.
         if is_ws and path.startswith(_WS_PREFIXES) and "ws-api" not in path:
             return await self._handle_ws(request)
         route = self._routes.get((request.method, path))
@@ -464,6 +486,9 @@ class FakeExchange:
             return _json_response(payload)
         except ApiError as exc:
             return _json_response({"code": exc.code, "msg": exc.msg}, status=exc.http_status)
+        finally:
+            if signed:  # the account may have changed: tell its user-data stream
+                await self._announce()
 
     def _fault_response(self) -> web.Response:
         status = self._faults.fail_status
@@ -477,6 +502,9 @@ class FakeExchange:
         payload, signature = _split_signature(raw_query, body)
         if signature is None:
             raise mandatory("signature")
+        self._check_signature(payload, signature)
+
+    def _check_signature(self, payload: str, signature: str) -> None:
         expected = hmac.new(self._api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signature.lower()):
             raise ApiError(-1022, "Signature for this request is not valid.", http_status=401)
@@ -775,6 +803,71 @@ class FakeExchange:
                     )
                     await conn.push(stream, event)
 
+    async def _handle_ws_api(self, request: web.Request) -> web.StreamResponse:
+        """Binance's WebSocket API, its user-data stream requests only (userstream.py)."""
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        conn = _Connection(ws, combined=False)
+        self._connections.add(conn)
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await conn.send(self._ws_api_answer(conn, message.data))
+                elif message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._connections.discard(conn)
+        return ws
+
+    def _ws_api_answer(self, conn: _Connection, text: str) -> Json:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return _ws_api_error(None, 400, -1100, f"Invalid JSON: {exc}")
+        if not isinstance(message, dict):
+            return _ws_api_error(None, 400, -1100, "Invalid request: expected an object")
+        req_id, method = message.get("id"), message.get("method")
+        params = message.get("params") or {}
+        if method == "userDataStream.subscribe.signature" and isinstance(params, dict):
+            try:
+                if params.get("apiKey") != self._api_key:
+                    raise ApiError(-2014, "API-key format invalid.", http_status=401)
+                signature = params.get("signature")
+                if not isinstance(signature, str):
+                    raise mandatory("signature")
+                signed = "&".join(
+                    f"{k}={v}" for k, v in sorted(params.items()) if k != "signature"
+                )  # fmt: skip
+                self._check_signature(signed, signature)
+            except ApiError as exc:
+                return _ws_api_error(req_id, exc.http_status, exc.code, exc.msg)
+            conn.user_subscription = sub = next(self._user_subscription_ids)
+            return {"id": req_id, "status": 200, "result": {"subscriptionId": sub}}
+        if method == "userDataStream.unsubscribe":
+            conn.user_subscription = None
+            return {"id": req_id, "status": 200, "result": {}}
+        if method == "ping":
+            return {"id": req_id, "status": 200, "result": {}}
+        return _ws_api_error(req_id, 400, -1100, f"fakex does not serve method {method!r}")
+
+    async def _announce(self) -> None:
+        """Push what changed in the account's orders to every user-data subscriber."""
+        reports = self._announcer.changes(self._engine.orders)
+        if not reports:
+            return
+        for conn in list(self._connections):
+            sub = conn.user_subscription
+            if sub is None:
+                continue
+            for report in reports:
+                if not await conn.send({"subscriptionId": sub, "event": report}):
+                    break
+
+    @property
+    def user_subscribers(self) -> int:
+        """Connections subscribed to the user-data stream now."""
+        return sum(c.user_subscription is not None for c in self._connections)
+
     def _parse_stream(self, stream: str) -> tuple[str, str | None]:
         name, _, channel = stream.partition("@")
         market_id = name.upper()
@@ -793,6 +886,10 @@ class FakeExchange:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _ws_api_error(req_id: Any, status: int, code: int, msg: str) -> Json:
+    return {"id": req_id, "status": status, "error": {"code": code, "msg": msg}}
 
 
 def _json_response(

@@ -125,6 +125,7 @@ class Daemon:
         self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
         self.services: DaemonServices | None = None
+        self._user_stream: asyncio.Task[None] | None = None  # live: the broker's watch_account
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -191,6 +192,7 @@ class Daemon:
                     rules,
                     limit_ttl_bars=settings.sim.limit_ttl_bars,
                     order_lookup_tries=settings.live.order_lookup_tries,
+                    user_stream=settings.live.user_stream,
                 )
                 # The account's book as its runs left it (recovery.py); cash is the exchange's.
                 fills = [fill_from_row(row) for row in store.account_fills(account)]
@@ -218,6 +220,7 @@ class Daemon:
             )
             if isinstance(broker, CcxtBroker):
                 await self._recover(store, engine, broker, exchange, rules)
+                self._user_stream = asyncio.create_task(broker.watch_account(), name="user-stream")
             if risk_state is not None:
                 log.info(
                     "risk_state_restored",
@@ -265,6 +268,9 @@ class Daemon:
             raise
         finally:
             systemd.stopping()
+            if self._user_stream is not None:
+                self._user_stream.cancel()
+                await asyncio.gather(self._user_stream, return_exceptions=True)
             if self.services is not None:
                 await self.services.close()
             if self.run_id is not None:

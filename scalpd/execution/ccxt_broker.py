@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,12 @@ class CcxtBroker:
         self._lookup_tries = order_lookup_tries
         self._backoff_initial_s = backoff_initial_s
         self._limit_ttl_bars = limit_ttl_bars
-        self._outbox: list[tuple[str, Any]] = []
+        # (kind, payload, sequence number): sequence numbers count every item ever queued, so
+        # the daemon can send one bar's orders while it decides the next bar (`flush(until)`).
+        self._outbox: deque[tuple[str, Any, int]] = deque()
+        self.queued_total = 0
+        self._send_lock = asyncio.Lock()  # one flush at a time: orders leave in queue order
+        self._symbol_of_order: dict[str, str] = {}  # client id -> symbol, to route updates
         self._reports: list = []
         self._executions: dict[str, _Execution] = {}  # by client id
         self.brackets: dict[str, LiveBracket] = {}
@@ -134,28 +140,44 @@ class CcxtBroker:
     # -- Broker port (synchronous, called by the engine) ---------------------------------------
 
     def submit(self, order: Order) -> None:
-        self._outbox.append(("submit", order))
+        self._symbol_of_order[order.client_id] = order.symbol
+        self._queue("submit", order)
 
     def cancel_bracket(self, symbol: str, time_ms: int) -> None:
-        self._outbox.append(("cancel_bracket", (symbol, time_ms)))
+        self._queue("cancel_bracket", (symbol, time_ms))
+
+    def _queue(self, kind: str, payload: Any) -> None:
+        self._outbox.append((kind, payload, self.queued_total))
+        self.queued_total += 1
 
     def on_bar(self, bar: Bar) -> Sequence:
+        """The reports of `bar`'s symbol learnt so far (an order update by its order's
+        symbol: another symbol's may be learnt while this one is decided)."""
         if not self._reports:
             return ()
-        mine = [r for r in self._reports if _symbol_of(r) in (bar.symbol, None)]
+        symbol = bar.symbol
+        mine = [r for r in self._reports if self._symbol_of(r) in (symbol, None)]
         self._reports = [r for r in self._reports if r not in mine]
         return mine
 
+    def _symbol_of(self, report: Any) -> str | None:
+        symbol = getattr(report, "symbol", None)
+        if symbol is None:
+            symbol = self._symbol_of_order.get(getattr(report, "client_id", ""))
+        return symbol
+
     # -- network side (awaited by the daemon) --------------------------------------------------
 
-    async def flush(self) -> None:
-        """Send what the engine queued, in order."""
-        while self._outbox:
-            kind, payload = self._outbox.pop(0)
-            if kind == "submit":
-                await self._send(payload)
-            else:
-                await self._cancel_bracket(*payload)
+    async def flush(self, until: int | None = None) -> None:
+        """Send what the engine queued, in order: every item, or those queued before item
+        number `until` (see `queued_total`). One flush at a time."""
+        async with self._send_lock:
+            while self._outbox and (until is None or self._outbox[0][2] < until):
+                kind, payload, _ = self._outbox.popleft()
+                if kind == "submit":
+                    await self._send(payload)
+                else:
+                    await self._cancel_bracket(*payload)
 
     async def sync(self, bar: Bar | None = None) -> None:
         """Learn what resting orders did before `bar` is handed to the engine. `bar` ages the
@@ -387,6 +409,7 @@ class CcxtBroker:
         see end (`filled_qty` and `trade_ids` were booked then), and report what it missed:
         fills, the end, an entry's bracket. Returns what was found, for the log: "gone" (not on
         the exchange), "resting" (still working there) or "ended"."""
+        self._symbol_of_order[order.client_id] = order.symbol
         execution = self._executions.setdefault(order.client_id, _Execution(order))
         execution.filled_qty = filled_qty
         execution.trade_ids |= trade_ids
@@ -415,6 +438,7 @@ class CcxtBroker:
         bracket = LiveBracket(take_profit.parent_id + "oco", take_profit, stop_loss, set(done))
         self.brackets[take_profit.symbol] = bracket
         for leg in (take_profit, stop_loss):
+            self._symbol_of_order[leg.client_id] = leg.symbol
             self._executions.setdefault(leg.client_id, _Execution(leg))
 
     async def _adopt_armed_bracket(self, entry: Order) -> bool:
@@ -437,6 +461,7 @@ class CcxtBroker:
         self._reports += adopted
         done = set()
         for leg, info in zip(adopted, found, strict=True):
+            self._symbol_of_order[leg.client_id] = leg.symbol
             self._executions[leg.client_id] = _Execution(leg)
             await self._book_fills(leg, info)
             if info.get("status") in _CLOSED_STATUSES:
@@ -586,6 +611,8 @@ class CcxtBroker:
             "listClientOrderId": list_id,
         }
         # The legs are reported (and journaled by the engine) before they are sent.
+        for leg in (take_profit, stop_loss):
+            self._symbol_of_order[leg.client_id] = leg.symbol
         self._reports += [take_profit, stop_loss]
         try:
             answer = await self._call(self._ex.private_post_orderlist_oco, request)
@@ -903,7 +930,3 @@ def _adds_up(info: dict[str, Any], filled: float) -> bool:
 
 def _time_of(info: dict[str, Any]) -> int:
     return int(info.get("lastTradeTimestamp") or info.get("timestamp") or 0)
-
-
-def _symbol_of(report: Any) -> str | None:
-    return getattr(report, "symbol", None)

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import ccxt
 import structlog
@@ -100,6 +100,16 @@ def lift_stop_pause(state: RiskState) -> None:
         log.warning("stop_pause_lifted", tripped_ms=manual.tripped_ms)
 
 
+class Pending(NamedTuple):
+    """A bar decided whose orders have not left yet."""
+
+    bar: Bar
+    received_ns: int  # its closed candle's frame handled
+    decided_ns: int  # its decision (and the journal commit) done
+    first: int  # the outbox items its decision queued: first..end-1 (see CcxtBroker.flush)
+    end: int
+
+
 class Daemon:
     def __init__(self, settings: Settings, *, paper: bool, max_bars: int | None = None) -> None:
         self.settings = settings
@@ -126,6 +136,11 @@ class Daemon:
         self._stop = asyncio.Event()
         self.services: DaemonServices | None = None
         self._user_stream: asyncio.Task[None] | None = None  # live: the broker's watch_account
+        # The newest batch of bars being sent and accounted for (each awaits the one before),
+        # and per symbol the batch its latest orders are in.
+        self._sending: asyncio.Task[None] | None = None
+        self._sending_for: dict[str, asyncio.Task[None]] = {}
+        self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -296,12 +311,13 @@ class Daemon:
         # future each (every one is an event-loop hop on the way to a decision).
         stop_wait.add_done_callback(lambda _: source.interrupt())
         ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
-        # Bars decided whose orders have not been sent yet: (bar, received_ns, decided_ns,
-        # whether it queued an order).
-        pending: list[tuple[Bar, int, int, bool]] = []
+        # Bars decided whose orders have not been handed to a sender yet: (bar, received_ns,
+        # decided_ns, the range of outbox items its decision queued).
+        pending: list[Pending] = []
         source.start()
         try:
             while not self._stop.is_set():
+                self._raise_if_sending_failed()
                 event = source.poll()
                 if event is None:
                     await source.wait()
@@ -318,8 +334,10 @@ class Daemon:
                     engine.on_gap(event)
                     continue
                 received_ns = source.received_ns
+                # A bar's decision must see what its symbol's orders in flight did.
+                await self._sent(event.symbol)
                 async with self.bar_lock:
-                    queued_before = live_broker.queued() if live_broker is not None else 0
+                    first = live_broker.queued_total if live_broker is not None else 0
                     if live_broker is not None:
                         await live_broker.sync(event)
                         if live_broker.has_unbooked_fills():
@@ -328,34 +346,41 @@ class Daemon:
                     # What the bar recorded (fills, intents, orders) is on disk before any of
                     # its orders leaves.
                     self.commit()
-                    ordered = live_broker is not None and live_broker.queued() > queued_before
+                    end = live_broker.queued_total if live_broker is not None else 0
                     close_ms = event.open_time_ms + 60_000
                     if self._data_ms is None or close_ms >= self._data_ms:
                         self._data_ms = close_ms
                         self._data_mono_s = time.monotonic()
-                pending.append((event, received_ns, time.monotonic_ns(), ordered))
+                pending.append(Pending(event, received_ns, time.monotonic_ns(), first, end))
+                self._decided += 1
                 # Another symbol's candle of the same minute is already here: decide it before
                 # this one's orders go out, so it does not wait behind their round trip. A
                 # candle of a symbol already pending (a backlog) waits for the send, as it
                 # would one bar at a time: its decision must see those orders answered.
                 following = source.next_bar_symbol()
-                room = not self.max_bars or self.bars_processed + len(pending) < self.max_bars
+                room = not self.max_bars or self._decided < self.max_bars
                 if (
                     room
                     and following is not None
-                    and all(bar.symbol != following for bar, *_ in pending)
+                    and all(p.bar.symbol != following for p in pending)
                 ):
                     continue
-                await self._send_pending(pending, engine, live_broker, exchange)
-                if self.max_bars and self.bars_processed >= self.max_bars:
+                # The orders leave in a task: the next symbol's candle is decided meanwhile.
+                self._send_pending(pending, engine, live_broker, exchange)
+                pending = []
+                if self.max_bars and self._decided >= self.max_bars:
                     break
-            await self._send_pending(pending, engine, live_broker, exchange)
+            self._send_pending(pending, engine, live_broker, exchange)
+            await self._all_sent()
             if self._stop.is_set():
                 await self._stop_trading(engine, live_broker)
         finally:
             stop_wait.cancel()
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
+            if self._sending is not None and not self._sending.done():
+                self._sending.cancel()
+                await asyncio.gather(self._sending, return_exceptions=True)
             await source.close()
 
     async def _recover(
@@ -390,26 +415,48 @@ class Daemon:
                 level="warning",
             )
 
-    async def _send_pending(
+    def _send_pending(
         self,
-        pending: list[tuple[Bar, int, int, bool]],
+        pending: list[Pending],
         engine: Engine,
         live_broker: CcxtBroker | None,
         exchange: ScalpdBinance,
     ) -> None:
-        """Send the orders of the bars decided, then account for each bar: its decision
-        latency (to its order's request leaving, else to its decision's end), the resting
-        orders' check, metrics, progress and its log line."""
+        """Send the orders of the bars decided, then account for each bar, in a task chained
+        after the previous batch's (orders leave in decision order; bars are counted in it)."""
         if not pending:
             return
+        previous = self._sending
+        task = asyncio.create_task(
+            self._send_and_account(pending, previous, engine, live_broker, exchange),
+            name="send-orders",
+        )
+        self._sending = task
+        for p in pending:
+            if p.end > p.first:
+                self._sending_for[p.bar.symbol] = task
+
+    async def _send_and_account(
+        self,
+        pending: list[Pending],
+        previous: asyncio.Task[None] | None,
+        engine: Engine,
+        live_broker: CcxtBroker | None,
+        exchange: ScalpdBinance,
+    ) -> None:
+        """Each bar: its decision latency (to its orders' first request leaving, else to its
+        decision's end), the resting orders' check, metrics, progress and its log line."""
+        if previous is not None:
+            await previous
         sent_ns = None
-        if live_broker is not None:
-            async with self.bar_lock:
-                exchange.first_order_sent_ns = None
-                await live_broker.flush()
+        if live_broker is not None and any(p.end > p.first for p in pending):
+            exchange.first_order_sent_ns = None
+            await live_broker.flush(until=pending[-1].end)
             sent_ns = exchange.first_order_sent_ns
-        for bar, received_ns, decided_ns, ordered in pending:
-            latency_s = ((sent_ns if ordered and sent_ns else decided_ns) - received_ns) / 1e9
+        for p in pending:
+            bar = p.bar
+            ordered = p.end > p.first
+            latency_s = ((sent_ns if ordered and sent_ns else p.decided_ns) - p.received_ns) / 1e9
             self.decision_latency_s.append(latency_s)
             if live_broker is not None:
                 await self._check_resting(live_broker, bar.symbol)
@@ -425,7 +472,28 @@ class Daemon:
                 close=bar.close,
                 equity=round(engine.equity(), 2),
             )
-        pending.clear()
+
+    async def _sent(self, symbol: str) -> None:
+        """Until the orders `symbol`'s bars queued have been answered."""
+        task = self._sending_for.get(symbol)
+        if task is not None:
+            if not task.done():
+                await asyncio.shield(task)
+            del self._sending_for[symbol]
+        self._raise_if_sending_failed()
+
+    async def _all_sent(self) -> None:
+        if self._sending is not None:
+            await asyncio.shield(self._sending)
+        self._sending_for.clear()
+
+    def _raise_if_sending_failed(self) -> None:
+        """A sender's error ends the run as it would have in the loop itself."""
+        task = self._sending
+        if task is not None and task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error
 
     async def _check_resting(self, broker: CcxtBroker, symbol: str) -> None:
         """Every `live.check_resting_every_bars` bars of a symbol, after its decision: ask

@@ -1,8 +1,14 @@
 """`scalpd run`: the daemon loop for paper and live trading, on uvloop.
 
 Per closed bar: learn what resting exits did (`broker.sync`), run the engine's per-event code
-(the same `Engine.on_bar` replay calls), then send what it decided (`broker.flush`). Paper mode
-swaps the ccxt broker for the simulated one and nothing else.
+(the same `Engine.on_bar` replay calls), commit what it recorded, then send what it decided
+(`broker.flush`). Paper mode swaps the ccxt broker for the simulated one and nothing else.
+
+The sending, and the accounting of the bar after it (latency, metrics, its log line), run in a
+task per bar, each after the one before (orders leave in decision order, bars are counted in
+it): the candles of the other symbols of the same minute are decided while one symbol's orders
+are on the wire. A bar waits only for its own symbol's orders in flight: its decision must see
+what they did.
 
 Under systemd (`systemd/scalpd.service`) it reports READY once market data flows, pings the
 watchdog from this event loop and says STOPPING on shutdown; start, stop and fatal errors go
@@ -101,7 +107,7 @@ def lift_stop_pause(state: RiskState) -> None:
 
 
 class Pending(NamedTuple):
-    """A bar decided whose orders have not left yet."""
+    """A bar decided, for its sender (see the module doc)."""
 
     bar: Bar
     received_ns: int  # its closed candle's frame handled
@@ -311,9 +317,6 @@ class Daemon:
         # future each (every one is an event-loop hop on the way to a decision).
         stop_wait.add_done_callback(lambda _: source.interrupt())
         ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
-        # Bars decided whose orders have not been handed to a sender yet: (bar, received_ns,
-        # decided_ns, the range of outbox items its decision queued).
-        pending: list[Pending] = []
         source.start()
         try:
             while not self._stop.is_set():
@@ -343,6 +346,8 @@ class Daemon:
                         if live_broker.has_unbooked_fills():
                             crash_point("fill_unrecorded")
                     engine.on_bar(event)
+                    if self.services is not None:  # online learning's versions, with the bar's
+                        self.services.record_models()
                     # What the bar recorded (fills, intents, orders) is on disk before any of
                     # its orders leaves.
                     self.commit()
@@ -351,26 +356,15 @@ class Daemon:
                     if self._data_ms is None or close_ms >= self._data_ms:
                         self._data_ms = close_ms
                         self._data_mono_s = time.monotonic()
-                pending.append(Pending(event, received_ns, time.monotonic_ns(), first, end))
+                decided = Pending(event, received_ns, time.monotonic_ns(), first, end)
                 self._decided += 1
-                # Another symbol's candle of the same minute is already here: decide it before
-                # this one's orders go out, so it does not wait behind their round trip. A
-                # candle of a symbol already pending (a backlog) waits for the send, as it
-                # would one bar at a time: its decision must see those orders answered.
-                following = source.next_bar_symbol()
-                room = not self.max_bars or self._decided < self.max_bars
-                if (
-                    room
-                    and following is not None
-                    and all(p.bar.symbol != following for p in pending)
-                ):
-                    continue
-                # The orders leave in a task: the next symbol's candle is decided meanwhile.
-                self._send_pending(pending, engine, live_broker, exchange)
-                pending = []
+                self._send_pending(decided, engine, live_broker, exchange)
+                if end > first:
+                    # Let its orders leave now (the sender runs to its first request's send);
+                    # the next candle, of another symbol, is decided during their round trip.
+                    await asyncio.sleep(0)
                 if self.max_bars and self._decided >= self.max_bars:
                     break
-            self._send_pending(pending, engine, live_broker, exchange)
             await self._all_sent()
             if self._stop.is_set():
                 await self._stop_trading(engine, live_broker)
@@ -417,61 +411,54 @@ class Daemon:
 
     def _send_pending(
         self,
-        pending: list[Pending],
+        decided: Pending,
         engine: Engine,
         live_broker: CcxtBroker | None,
         exchange: ScalpdBinance,
     ) -> None:
-        """Send the orders of the bars decided, then account for each bar, in a task chained
-        after the previous batch's (orders leave in decision order; bars are counted in it)."""
-        if not pending:
-            return
-        previous = self._sending
+        """Send the orders of a bar decided, then account for it, in a task chained after the
+        previous bar's: orders leave in decision order, and bars are counted in it."""
         task = asyncio.create_task(
-            self._send_and_account(pending, previous, engine, live_broker, exchange),
+            self._send_and_account(decided, self._sending, engine, live_broker, exchange),
             name="send-orders",
         )
         self._sending = task
-        for p in pending:
-            if p.end > p.first:
-                self._sending_for[p.bar.symbol] = task
+        if decided.end > decided.first:
+            self._sending_for[decided.bar.symbol] = task
 
     async def _send_and_account(
         self,
-        pending: list[Pending],
+        decided: Pending,
         previous: asyncio.Task[None] | None,
         engine: Engine,
         live_broker: CcxtBroker | None,
         exchange: ScalpdBinance,
     ) -> None:
-        """Each bar: its decision latency (to its orders' first request leaving, else to its
+        """The bar's decision latency (to its orders' first request leaving, else to its
         decision's end), the resting orders' check, metrics, progress and its log line."""
         if previous is not None:
             await previous
-        sent_ns = None
-        if live_broker is not None and any(p.end > p.first for p in pending):
+        bar, end_ns = decided.bar, decided.decided_ns
+        if live_broker is not None and decided.end > decided.first:
             exchange.first_order_sent_ns = None
-            await live_broker.flush(until=pending[-1].end)
-            sent_ns = exchange.first_order_sent_ns
-        for p in pending:
-            bar = p.bar
-            ordered = p.end > p.first
-            latency_s = ((sent_ns if ordered and sent_ns else p.decided_ns) - p.received_ns) / 1e9
-            self.decision_latency_s.append(latency_s)
-            if live_broker is not None:
-                await self._check_resting(live_broker, bar.symbol)
-            if self.services is not None:
-                self.services.on_bar(bar, latency_s)
-            async with self._progress:
-                self.bars_processed += 1
-                self._progress.notify_all()
-            log.info(
-                "bar",
-                symbol=bar.symbol,
-                open_time_ms=bar.open_time_ms,
-                close=bar.close,
-                equity=round(engine.equity(), 2),
-            )
+            await live_broker.flush(until=decided.end)
+            end_ns = exchange.first_order_sent_ns or end_ns
+        latency_s = (end_ns - decided.received_ns) / 1e9
+        self.decision_latency_s.append(latency_s)
+        if live_broker is not None:
+            await self._check_resting(live_broker, bar.symbol)
+        if self.services is not None:
+            self.services.on_bar(bar, latency_s)
+        async with self._progress:
+            self.bars_processed += 1
+            self._progress.notify_all()
+        log.info(
+            "bar",
+            symbol=bar.symbol,
+            open_time_ms=bar.open_time_ms,
+            close=bar.close,
+            equity=round(engine.equity(), 2),
+        )
 
     async def _sent(self, symbol: str) -> None:
         """Until the orders `symbol`'s bars queued have been answered."""

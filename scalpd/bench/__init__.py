@@ -197,6 +197,12 @@ def _decision_latency() -> Iterator[Result]:
     return bench_decision_latency()
 
 
+def _decision_latency_online() -> Iterator[Result]:
+    from scalpd.bench.decision_latency import bench_decision_latency_online
+
+    return bench_decision_latency_online()
+
+
 def _finetune_step() -> Iterator[Result]:
     from scalpd.bench.finetune import bench_finetune_step  # imports torch: on demand
 
@@ -219,6 +225,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "features_batch_bars_per_s": _features_batch,
     "recovery_s": _crash_soak,
     "decision_latency": _decision_latency,
+    "decision_latency_online": _decision_latency_online,
     "finetune_step_ms": _finetune_step,
     "online_regime": _online_regime,
     **_models(),

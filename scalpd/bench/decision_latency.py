@@ -101,6 +101,8 @@ class LatencyRun:
     # Live: whether the account's user-data stream was up at the end, and its reconnects.
     user_stream_live: bool | None = None
     user_stream_reconnects: int = 0
+    # Online learning: rounds run (approved or not) over the whole run, warm-up included.
+    online_rounds: int | None = None
 
 
 def _need(relative: str) -> Path:
@@ -147,10 +149,11 @@ def train_bench_model(
     train_days: float = TRAIN_DAYS,
     end_ms: int | None = None,
     train: dict[str, Any] | None = None,
+    kind: str = "ensemble",
 ) -> tuple[Path, float]:
-    """An ensemble trained on the BTC/USDT days before `end_ms` (default WINDOW_START), and the
-    entry threshold: THRESHOLD_QUANTILE of its probabilities over those days. `train`:
-    TrainParams overrides (the test makes the members small)."""
+    """A model of `kind` (default an ensemble) trained on the BTC/USDT days before `end_ms`
+    (default WINDOW_START), and the entry threshold: THRESHOLD_QUANTILE of its probabilities
+    over those days. `train`: TrainParams overrides (the test makes the members small)."""
     from scalpd.data.parquet import read_parquet
     from scalpd.models.labels import LabelParams, label_bars
     from scalpd.models.train import TrainParams
@@ -166,7 +169,7 @@ def train_bench_model(
     labels = label_bars(history, LabelParams())
     params = {"epochs": 1, "seed": 0, "device": "cpu", "version": "bench", **(train or {})}
     artifact = train_model(
-        "ensemble", x, labels.y, labels.valid, names, fs_id, TrainParams.from_dict(params),
+        kind, x, labels.y, labels.valid, names, fs_id, TrainParams.from_dict(params),
         out_dir, open_time_ms=history.open_time,
     )  # fmt: skip
     pred = artifact.predictor("eager").predict_series(x, history.open_time)
@@ -228,6 +231,7 @@ def _daemon_settings(
     model_path: Path,
     threshold: float,
     model_backend: str | None,
+    online: dict[str, Any] | None = None,
 ):
     from scalpd.config.settings import load_settings
 
@@ -261,6 +265,7 @@ def _daemon_settings(
                 "max_consecutive_losses": 0,
                 "max_daily_loss_fraction": 0.0,
             },
+            "online": online or {},
             "store": {"path": str(tmp / "bench.db")},
             "control": {"socket_path": str(tmp / "ctl.sock")},
             "logging": {"level": "info", "format": "json"},
@@ -346,6 +351,9 @@ async def _drive(
                 (ns - first_ns) / 1e9 + s for ns, s in zip(received_ns, latency_s, strict=True)
             ]
         run.wall_s = time.perf_counter() - t0
+        online = getattr(daemon.engine.strategy, "online", None) if daemon.engine else None
+        if online is not None:
+            run.online_rounds = sum(a + r for a, r in online.counts().values())
         broker = daemon.broker
         if not paper and broker is not None:
             run.user_stream_live = getattr(broker, "stream_live", None)
@@ -375,6 +383,7 @@ def _measure_in_loop(
     model_backend: str | None,
     warmup_steps: int,
     measure_steps: int,
+    online: dict[str, Any] | None = None,
 ) -> LatencyRun:
     from scalpd.logs import configure_logging
 
@@ -386,7 +395,9 @@ def _measure_in_loop(
     log_path = tmp / f"daemon-{'paper' if paper else 'live'}.log"
     try:
         urls = parent.recv()
-        settings = _daemon_settings(tmp, urls, list(bars), model_path, threshold, model_backend)
+        settings = _daemon_settings(
+            tmp, urls, list(bars), model_path, threshold, model_backend, online
+        )
         with open(log_path, "w") as log_stream:
             configure_logging("info", "json", log_stream)
             # The ONNX export at the daemon's start logs each graph pass at info (to stderr).
@@ -426,6 +437,7 @@ def measure_decision_latency(
     model_backend: str | None = None,
     warmup_steps: int = WARMUP_STEPS,
     measure_steps: int = MEASURE_STEPS,
+    online: dict[str, Any] | None = None,
 ) -> LatencyRun:
     """Drive the daemon over `bars` (one step: one bar of every symbol) against the fake
     exchange in a child process; needs warmup_steps + measure_steps + 1 bars per symbol (the
@@ -433,7 +445,7 @@ def measure_decision_latency(
     with tempfile.TemporaryDirectory() as tmp:
         return _measure_in_loop(
             bars, model_path, threshold, Path(tmp), paper=paper, model_backend=model_backend,
-            warmup_steps=warmup_steps, measure_steps=measure_steps,
+            warmup_steps=warmup_steps, measure_steps=measure_steps, online=online,
         )  # fmt: skip
 
 
@@ -512,3 +524,50 @@ def bench_decision_latency() -> Iterator[Result]:
             run = measure_decision_latency(bars, model_path, threshold, paper=paper)
             yield from results(run, wall_s=round(run.wall_s, 1), **context)
     yield {"bench": "decision_latency_setup_s", "value": round(setup_s, 1), "unit": "s"}
+
+
+def bench_decision_latency_online() -> Iterator[Result]:
+    """Issue 8's bound: the live decision latency with online learning on, against the same
+    run with it off. The same TCN both times, served by the eager backend (online models
+    serve eager: a new version is used at once), hourly rounds at the default settings; the
+    warm-up spans ~23 hours of bars, so rounds have run before the measured bars and during
+    them."""
+    from scalpd.logs import configure_logging
+
+    configure_logging("error", "json", sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        bars = load_windows(WARMUP_STEPS + MEASURE_STEPS + 1)
+        model_path, threshold = train_bench_model(Path(tmp), kind="tcn")
+        context = {
+            "model": f"tcn (default size), 1 epoch on BTC/USDT, {TRAIN_DAYS} days before "
+            f"{WINDOW_START}, eager backend",
+            "min_confidence": round(threshold, 4),
+            "bars_from": WINDOW_START,
+        }
+        p99: dict[bool, float | None] = {}
+        for online in (False, True):
+            run = measure_decision_latency(
+                bars, model_path, threshold, model_backend="eager",
+                online={"enabled": online, "update_every": "hour"},
+            )  # fmt: skip
+            latency = run.latency_s
+            p99[online] = _us(latency, 99)
+            name = "on" if online else "off"
+            yield {
+                "bench": f"decision_latency_online_{name}_us_p99",
+                "value": p99[online],
+                "unit": "us",
+                "p50_us": _us(latency, 50),
+                "max_us": _us(latency, 100),
+                "samples": len(latency),
+                "rounds": run.online_rounds,
+                **context,
+            }
+    if p99[False] and p99[True]:
+        yield {
+            "bench": "decision_latency_online_ratio_p99",
+            "value": round(p99[True] / p99[False], 3),
+            "unit": "on / off",
+            "target": 1.2,
+            **context,
+        }

@@ -385,15 +385,7 @@ class FakeExchange:
     async def push_raw(self, stream: str, text: str) -> int:
         """Send `text` verbatim, as one WebSocket text frame, to every connection subscribed to
         `stream` (truncated JSON, a wrong type...); returns how many connections got it."""
-        sent = 0
-        for conn in list(self._connections):
-            if stream in conn.streams and not conn.ws.closed:
-                try:
-                    await conn.ws.send_str(text)
-                except (ConnectionError, RuntimeError):
-                    continue
-                sent += 1
-        return sent
+        return await self._send_raw(text, lambda conn: stream in conn.streams)
 
     async def push_event(self, stream: str, event: Json) -> int:
         """Send `event` as JSON on `stream`, wrapped as each connection expects it (combined or
@@ -407,9 +399,12 @@ class FakeExchange:
     async def push_user_raw(self, text: str) -> int:
         """Send `text` verbatim, as one frame, to every user-data stream subscriber (a bad or
         forged executionReport, truncated JSON); returns how many got it."""
+        return await self._send_raw(text, lambda conn: conn.user_subscription is not None)
+
+    async def _send_raw(self, text: str, to: Callable[[_Connection], bool]) -> int:
         sent = 0
         for conn in list(self._connections):
-            if conn.user_subscription is not None and not conn.ws.closed:
+            if to(conn) and not conn.ws.closed:
                 try:
                     await conn.ws.send_str(text)
                 except (ConnectionError, RuntimeError):

@@ -141,6 +141,7 @@ def test_base_asset_fee_on_a_buy_reduces_the_position_and_leaves_dust() -> None:
     assert pf.position_qty(SYM) == pytest.approx(0.12332655)
     assert pf.fees_paid == pytest.approx(4.938)
     # Sellable: 0.12332 (floored to the step); 0.00000655 BTC stays as dust.
+    assert pf.sellable(SYM) == 0.12332 and pf.sellable("ETH/USDT") == 0.0
     # Sell at 41,000: 5,056.12 USDT, fee 10 bps in USDT: 5.05612.
     trade = pf.apply_fill(fill_in(Side.SELL, 0.12332, 41_000.0, 5.05612, "USDT", 5))
     assert trade is not None and pf.positions == {}

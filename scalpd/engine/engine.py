@@ -253,9 +253,10 @@ class Engine:
         }
         before = set(self.open_orders)
         for symbol, pos in list(self.portfolio.positions.items()):
-            if symbol in exiting or pos.qty <= 0:
+            qty = self.portfolio.sellable(symbol)
+            if symbol in exiting or qty <= 0:
                 continue
-            intent = OrderIntent(symbol, Side.SELL, pos.qty, reason, time_ms, None, True)
+            intent = OrderIntent(symbol, Side.SELL, qty, reason, time_ms, None, True)
             self._route(intent, self.portfolio.last_price.get(symbol, pos.avg_price))
         self._risk_outputs()
         return [cid for cid in self.open_orders if cid not in before]

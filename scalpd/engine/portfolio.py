@@ -98,6 +98,15 @@ class Portfolio:
         pos = self.positions.get(symbol)
         return pos.qty if pos is not None else 0.0
 
+    def sellable(self, symbol: str) -> float:
+        """The position's quantity an exit may sell: whole lot steps of it (all of it when the
+        step is not known)."""
+        pos = self.positions.get(symbol)
+        if pos is None:
+            return 0.0
+        step = self._step_size(symbol) if self._step_size is not None else None
+        return pos.qty if step is None else floor_to_step(max(pos.qty, 0.0), step)
+
     def equity(self) -> float:
         value = self.cash
         for symbol, pos in self.positions.items():

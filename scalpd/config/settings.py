@@ -604,6 +604,27 @@ class OnlineSettings(Section):
     grad_clip: float = Field(1.0, gt=0, description="gradient norm clip per step")
     capacity_bars: int = Field(10_000, ge=2, description="bars kept in the replay buffer")
     seed: int = Field(0, description="seed of the batch draws (round r uses (seed, r))")
+    challenger_min_bars: int = Field(
+        60, ge=2, le=100_000, description="bars, scored pairs between two tests of a challenger"
+    )
+    challenger_alpha: float = Field(
+        0.05, gt=0, lt=0.5, description="one-sided level of the shadow test (share up / rollback)"
+    )
+    challenger_shares: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 1.0],
+        min_length=1,
+        description="share of decisions (fraction) after each significant win; 1.0 = promoted",
+    )
+    probation_bars: int = Field(
+        240, ge=0, le=100_000, description="bars a new champion is watched against the old one"
+    )
+
+    @field_validator("challenger_shares")
+    @classmethod
+    def _rising_shares(cls, shares: list[float]) -> list[float]:
+        if any(not 0.0 < s <= 1.0 for s in shares) or shares != sorted(shares) or shares[-1] != 1:
+            raise ValueError(f"must be fractions in (0, 1], rising, ending at 1.0; got {shares}")
+        return shares
 
     @model_validator(mode="after")
     def _consistent(self) -> OnlineSettings:

@@ -179,8 +179,16 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
     from scalpd.ops.control import ControlError, call, format_result
 
-    if args.path and args.action != "reload-model":
-        raise CliError(f"ctl {args.action} takes no PATH (only reload-model does)")
+    operands = args.operands
+    if args.action == "restore-model":
+        if len(operands) != 2:
+            raise CliError("ctl restore-model takes SYMBOL VERSION (e.g. BTC/USDT 3)")
+    elif len(operands) > (1 if args.action == "reload-model" else 0):
+        raise CliError(f"ctl {args.action} takes no PATH (only reload-model does, one)")
+    if args.run is not None and args.action not in ("models", "restore-model"):
+        raise CliError(f"ctl {args.action} takes no --run (only models and restore-model do)")
+    if args.symbol is not None and args.action != "models":
+        raise CliError(f"ctl {args.action} takes no --symbol (only models does)")
     if not args.timeout_s > 0:
         raise CliError(f"--timeout-s {args.timeout_s}: allowed > 0")
     socket_path = Path(args.socket) if args.socket else _settings(args).control.socket_path
@@ -189,9 +197,16 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         extra["reason"] = args.reason
     elif args.action == "resume":
         extra["breaker"] = args.breaker
-    elif args.action == "reload-model" and args.path:
+    elif args.action == "reload-model" and operands:
         # The daemon's working directory may not be ours.
-        extra["path"] = str(Path(args.path).resolve())
+        extra["path"] = str(Path(operands[0]).resolve())
+    elif args.action == "models":
+        extra.update(run=args.run, symbol=args.symbol)
+    elif args.action == "restore-model":
+        symbol, version = operands
+        if not version.isdigit():
+            raise CliError(f"VERSION {version!r}: allowed an integer >= 0 (0: the trained model)")
+        extra.update(symbol=symbol, version=int(version), run=args.run)
     try:
         result = call(socket_path, args.action, timeout_s=args.timeout_s, **extra)
     except ControlError as exc:
@@ -201,8 +216,61 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif result is None or result == {}:
         print(f"{args.action}: ok")
+    elif args.action == "models":
+        print(_models_table(result))
     else:
         print(format_result(result))
+    return 0
+
+
+def _models_table(result: dict[str, Any]) -> str:
+    """`scalpd ctl models` for people: one line per version, the champion marked with *."""
+    versions = result.get("versions") or []
+    head = f"run {result.get('run_id')}: {len(versions)} model version(s)"
+    if not result.get("online"):
+        head += " (this daemon does not learn online)"
+    if not versions:
+        return head
+    rows = [("SYMBOL", "VERSION", "PARENT", "STATE", "CREATED", "METRICS")]
+    for v in versions:
+        metrics = " ".join(
+            f"{k}={x:.4g}" if isinstance(x, float) else f"{k}={x}"
+            for k, x in (v.get("metrics") or {}).items()
+        )
+        rows.append(
+            (
+                v["symbol"],
+                f"{v['version']}{'*' if v.get('champion') else ''}",
+                str(v["parent"]),
+                v.get("state") or "-",
+                v["created"],
+                metrics,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    models = ", ".join(sorted({v["model"] for v in versions}))
+    now = [
+        f"{symbol} now: champion v{s['champion']}"
+        + (f", challenger v{s['challenger']} ({s['share']:.0%})" if s.get("challenger") else "")
+        for symbol, s in (result.get("serving") or {}).items()
+    ]
+    legend = f"model: {models}; *: the champion, by the events stored"
+    return "\n".join([head, *lines, legend, *now])
+
+
+# -- tui (the terminal UI: the control socket plus the store, read-only) ----------------------
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from scalpd.ui.app import ScalpdApp
+    from scalpd.ui.data import LiveSource
+
+    if not args.interval_s > 0:
+        raise CliError(f"--interval-s {args.interval_s}: allowed > 0")
+    settings = _settings(args)  # --db lands in store.path
+    socket_path = Path(args.socket) if args.socket else settings.control.socket_path
+    ScalpdApp(LiveSource(socket_path, settings.store.path), interval_s=args.interval_s).run()
     return 0
 
 
@@ -380,17 +448,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ctl", help="talk to the running daemon through its control socket")
     p.add_argument(
-        "action", choices=["status", "pause", "resume", "flatten", "reload-model"],
+        "action",
+        choices=["status", "pause", "resume", "flatten", "reload-model", "models", "restore-model"],
         help="status; pause/resume entries (exits go on); flatten: close every position; "
-        "reload-model: load the model at PATH (default: the configured one)",
+        "reload-model: load the model at PATH (default: the configured one); models: the "
+        "versions online learning made, with their lineage; restore-model SYMBOL VERSION: "
+        "serve an earlier version again (0: the trained model)",
     )  # fmt: skip
-    p.add_argument("path", nargs="?", help="reload-model: the model directory")
+    p.add_argument(
+        "operands", nargs="*", metavar="ARG",
+        help="reload-model: PATH (the model directory); restore-model: SYMBOL VERSION",
+    )  # fmt: skip
+    p.add_argument(
+        "--run", type=int, metavar="RUN_ID",
+        help="models, restore-model: the run whose versions (default: the daemon's own)",
+    )  # fmt: skip
+    p.add_argument("--symbol", help="models: only this symbol")
     p.add_argument("--socket", metavar="PATH", help="socket (default: control.socket_path)")
     p.add_argument("--reason", help="pause: why, shown in status and the logs")
     p.add_argument("--breaker", help="resume: only this breaker (default: every one)")
     p.add_argument("--timeout-s", type=float, default=10.0, help="s to wait for the answer")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_ctl)
+
+    p = sub.add_parser("tui", help="terminal UI: watch and steer the running daemon")
+    p.add_argument("--socket", metavar="PATH", help="socket (default: control.socket_path)")
+    p.add_argument("--db", help="SQLite store, read-only (default: store.path)")
+    p.add_argument("--interval-s", type=float, default=1.0, help="s between refreshes")
+    p.set_defaults(func=cmd_tui)
 
     from scalpd.data.cli import DEFAULT_ROOT
 

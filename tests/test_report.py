@@ -113,7 +113,7 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
             "INSERT INTO runs VALUES (1, 'replay', 'completed', 0, 1, 'old', '{}', '{}', NULL);"
         )
     store = Store(db)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     assert store.run(1)["data_label"] == "old"
     assert store.report_json(1) is None
     store.save_report(1, {"run_id": 1})

@@ -128,7 +128,7 @@ def test_a_version_2_store_is_migrated(tmp_path: Path) -> None:
             "INSERT INTO reports VALUES (1, 5, '{\"run_id\": 1}');"
         )
     store = Store(db)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     assert store.run(1)["data_label"] == "old"
     assert store.report_json(1) == '{"run_id": 1}'
     text = halted_manager().state.to_json()

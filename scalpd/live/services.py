@@ -3,9 +3,13 @@
 `Daemon.run` starts them once its engine is built and closes them in its `finally`:
 
 - the control socket (`control.enabled`, scalpd/ops/control.py) with the commands status,
-  pause, resume, flatten and reload-model. A command that changes what the engine does runs
-  under the daemon's bar lock, so it lands between two bars and never between a bar's sync,
-  decision and flush; a flatten in live mode sends its orders (`broker.flush`) at once;
+  pause, resume, flatten, reload-model, models and restore-model. A command that changes what
+  the engine does runs under the daemon's bar lock, so it lands between two bars and never
+  between a bar's sync, decision and flush; a flatten in live mode sends its orders
+  (`broker.flush`) at once;
+- the model versions online learning makes (`record_models`, called by the bar loop after
+  each decision, before its commit): journaled with the bar's other records, and a promotion,
+  a rollback (warning) or a restore alerted (MODEL_CHANGE);
 - the Prometheus endpoint (`metrics.enabled`, scalpd/ops/metrics.py), fed by a `DaemonMetrics`:
   bars and decision latency as each bar is handled, orders and fills as they are journaled,
   equity, positions and breakers read from the engine when Prometheus scrapes;
@@ -30,12 +34,15 @@ import structlog
 
 from scalpd.events import Bar, Fill, Order, OrderStatus, OrderUpdate
 from scalpd.execution.ccxt_broker import CcxtBroker
+from scalpd.models.versions import VersionEvent, VersionRecord
 from scalpd.ops import alerts
 from scalpd.ops.control import ControlError, ControlServer
 from scalpd.ops.metrics import DaemonMetrics, MetricsServer
 from scalpd.risk.breakers import iso_ms
+from scalpd.store.sqlite import Store, StoreError
 
 if TYPE_CHECKING:
+    from scalpd.config.settings import Settings
     from scalpd.engine.engine import Engine, Journal
     from scalpd.execution.sim import SimBroker
     from scalpd.live.daemon import Daemon
@@ -63,6 +70,8 @@ class DaemonServices:
         self.control: ControlServer | None = None
         self._watch: asyncio.Task | None = None
         self._outage_alerted: float | None = None  # start (monotonic s) of the outage alerted
+        # The online model (strategy/online.py) when the strategy learns; None: it does not.
+        self.online: Any = getattr(engine.strategy, "online", None)
 
     async def start(self) -> None:
         settings = self.settings
@@ -99,6 +108,8 @@ class DaemonServices:
                     "resume": self.resume,
                     "flatten": self.flatten,
                     "reload-model": self.reload_model,
+                    "models": self.models,
+                    "restore-model": self.restore_model,
                 },
             )
             try:
@@ -129,6 +140,41 @@ class DaemonServices:
         if metrics is not None:
             metrics.on_bar(bar.symbol, bar.open_time_ms + 60_000)
             metrics.on_decision(latency_s)
+
+    def record_models(self) -> list[VersionRecord]:
+        """The model versions and version events online learning made at the bar just
+        decided, into the journal (committed with the bar's records by the caller); each
+        promotion, rollback and restore alerted. Returns them."""
+        take = getattr(self.online, "take_records", None)
+        if take is None:
+            return []
+        records = take()
+        if records:
+            self._journal_models(records)
+        return records
+
+    def _journal_models(self, records: list[VersionRecord]) -> None:
+        journal = self.daemon.journal
+        assert journal is not None
+        for record in records:
+            journal.record_model(record)
+        for record in records:
+            if isinstance(record, VersionEvent) and record.kind in _ALERTED:
+                self._alert_version(record)
+
+    def _alert_version(self, event: VersionEvent) -> None:
+        alerter, daemon = self.daemon.alerter, self.daemon
+        verb, level = _ALERTED[event.kind]
+        if alerter is not None:  # it also logs the alert
+            because = f": {event.reason}" if event.reason else ""
+            alerter.send(
+                alerts.MODEL_CHANGE,
+                f"model version {verb} ({daemon.mode}): {event.symbol} v{event.version}",
+                f"run {daemon.run_id}: {event.model} {event.symbol} version {event.version} "
+                f"{verb} at {iso_ms(event.time_ms)}{because}",
+                key=f"model:{event.symbol}:{event.model}:{event.version}:{event.kind}",
+                level=level,
+            )
 
     # -- control commands ----------------------------------------------------------------------
 
@@ -251,6 +297,98 @@ class DaemonServices:
             )
         return {"previous": previous, "model": prepared.model, "warmup_bars": prepared.warmup_bars}
 
+    def models(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The model versions of this run (or `run`), of every symbol (or `symbol`)."""
+        run_id = _run_arg(args.get("run"), self.daemon.run_id)
+        symbol = args.get("symbol")
+        rows = self._store().model_versions(run_id, None if symbol is None else str(symbol))
+        online = self.online
+        serving = getattr(online, "serving", None)
+        return {
+            "run_id": run_id,
+            "online": online is not None,
+            "model": getattr(online, "model", None),
+            # Who serves each symbol now (champion, challenger and its share of decisions).
+            "serving": None
+            if serving is None
+            else {s: serving(s) for s in sorted(online.counts())},
+            "versions": [
+                {
+                    "symbol": r["symbol"],
+                    "model": r["model"],
+                    "version": r["version"],
+                    "parent": r["parent"],
+                    "state": r["state"],
+                    "champion": r["champion"],
+                    "created": iso_ms(r["created_ms"]),
+                    "has_weights": r["has_weights"],
+                    "metrics": r["metrics"],
+                    "reason": r["reason"],
+                }
+                for r in rows
+            ],
+        }
+
+    async def restore_model(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Serve an earlier version of a symbol's online model again: its weights from the
+        store (version 0: the trained artifact's), swapped in between two bars."""
+        online = self.online
+        if online is None:
+            raise ValueError(
+                "restore-model needs online learning: the model strategy with online.enabled "
+                "= true (and a restart to turn it on)"
+            )
+        restore = getattr(online, "restore", None)
+        if restore is None:
+            raise ValueError("this build's online model cannot restore a version")
+        symbol = str(args.get("symbol") or "")
+        symbols = sorted(online.counts())
+        if symbol not in symbols:
+            raise ValueError(f"unknown symbol {symbol!r}; online learning runs for: {symbols}")
+        try:
+            version = int(args.get("version"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"version {args.get('version')!r}: allowed an integer >= 0") from None
+        if version < 0:
+            raise ValueError(f"version {version}: allowed an integer >= 0")
+        run_id = _run_arg(args.get("run"), self.daemon.run_id)
+        model = online.model
+        if version == 0:
+            # Loading torch weights from disk: off the event loop.
+            weights = await asyncio.to_thread(_artifact_weights, self.settings, model)
+        else:
+            try:
+                weights = self._store().model_weights(run_id, symbol, model, version)
+            except StoreError as exc:
+                raise ValueError(f"{exc}; `scalpd ctl models` lists them") from None
+        async with self.daemon.bar_lock:
+            time_ms = self._now_ms()
+            restore(symbol, version, weights, time_ms)
+            records = self.record_models()
+            if not any(
+                isinstance(r, VersionEvent) and r.kind == "restored" and r.symbol == symbol
+                for r in records
+            ):
+                # The online model did not say it: the store must, or the lineage lies.
+                reason = f"restored by the operator from run {run_id}"
+                event = VersionEvent(symbol, model, version, "restored", time_ms, reason)
+                self._journal_models([event])
+            self.daemon.commit()
+        log.warning("model_restored", symbol=symbol, model=model, version=version, run=run_id)
+        return {
+            "symbol": symbol,
+            "model": model,
+            "version": version,
+            "from_run": run_id,
+            "time": iso_ms(time_ms),
+        }
+
+    def _store(self) -> Store:
+        journal = self.daemon.journal
+        if journal is None or journal.store is None:
+            raise RuntimeError("the daemon has no store open")
+        return journal.store
+
     # -- internals -----------------------------------------------------------------------------
 
     def _now_ms(self) -> int:
@@ -328,6 +466,47 @@ class MeteredJournal:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._journal, name)
+
+
+# Version events alerted: kind -> (the verb in the alert, its level).
+_ALERTED: dict[str, tuple[str, alerts.Level]] = {
+    "promoted": ("promoted", "info"),
+    "rolled_back": ("rolled back", "warning"),
+    "restored": ("restored", "info"),
+}
+
+
+def _run_arg(value: Any, default: int | None) -> int:
+    if value is None:
+        if default is None:
+            raise RuntimeError("the daemon has no run yet")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run {value!r}: allowed a run id (an integer)") from None
+
+
+def _artifact_weights(settings: Settings, model: str) -> bytes:
+    """The trained artifact's weights (version 0 of every lineage), as a version stores them;
+    refused when strategy.model_path now holds another model than the one running."""
+    import io
+
+    import torch
+
+    from scalpd.models.artifact import load_artifact
+    from scalpd.strategy.model import MODEL_INPUTS, MODEL_INPUTS_ID
+
+    path = settings.strategy.model_path
+    if path is None:
+        raise ValueError("strategy.model_path is not set: version 0 cannot be loaded")
+    artifact = load_artifact(path, list(MODEL_INPUTS), MODEL_INPUTS_ID)
+    found = f"{artifact.name}/{artifact.version}"
+    if found != model:
+        raise ValueError(f"{path} now holds {found}, not the running {model}: version 0 is gone")
+    buffer = io.BytesIO()
+    torch.save(artifact.net.state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def latency_summary_ms(latencies_s: Any) -> dict[str, Any]:

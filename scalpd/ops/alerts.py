@@ -22,7 +22,8 @@ identifies the condition in the key, not what changes each time (a P&L figure).
 Kinds (constants below) and who sends them: START, STOP and ERROR (a run that ends on an error)
 the daemon (`scalpd/live/daemon.py`); BREAKER_TRIP, DAILY_LOSS_LIMIT, DISCONNECT (market data
 down longer than `alerts.disconnect_after_s`), RECONCILIATION (a surprise when reconciling with
-the exchange) and MODEL_CHANGE whoever builds those features, through `Daemon.alerter`.
+the exchange) and MODEL_CHANGE (a model reloaded, or an online version promoted, rolled back
+or restored: scalpd/live/services.py) whoever builds those features, through `Daemon.alerter`.
 
 Secrets: apprise URLs carry tokens (a Discord webhook's path, a Slack URL's host and path). Logs
 name a target by scheme and host only, the host too hidden unless it is a hostname or an IP,

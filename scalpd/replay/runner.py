@@ -32,7 +32,7 @@ from scalpd.replay.report import build_report
 from scalpd.replay.source import ReplaySource
 from scalpd.replay.summary import summarize
 from scalpd.risk.breakers import kind_of
-from scalpd.store.sqlite import Store
+from scalpd.store.sqlite import SqliteJournal, Store
 
 log = structlog.get_logger("scalpd.replay")
 
@@ -206,7 +206,7 @@ def run_replay(
         )
         # The baselines copy this untouched broker, so they pay exactly the run's costs.
         pristine_broker = copy.deepcopy(broker)
-        drive(engine, source)
+        drive(engine, source, journal)
         run_s = time.perf_counter() - t0
         engine.finish(source.last_close_time_ms)
         journal.flush()
@@ -281,11 +281,22 @@ def _rejected_orders(store: Store, run_id: int) -> int:
     return int(row[0])
 
 
-def drive(engine: Engine, source: ReplaySource) -> None:
-    """The replay loop: the engine's per-event code, called synchronously over each batch."""
+def drive(engine: Engine, source: ReplaySource, journal: SqliteJournal | None = None) -> None:
+    """The replay loop: the engine's per-event code, called synchronously over each batch.
+    With a journal, the model versions online learning made at a bar (and their events) are
+    recorded after it, as the daemon does."""
     on_bar = engine.on_bar
+    online = getattr(engine.strategy, "online", None)
+    take = getattr(online, "take_records", None) if journal is not None else None
     for gap, bars in source.segments():
         if gap is not None:
             engine.on_gap(gap)
+        if take is None:
+            for bar in bars:
+                on_bar(bar)
+            continue
+        record = journal.record_model
         for bar in bars:
             on_bar(bar)
+            for item in take():
+                record(item)

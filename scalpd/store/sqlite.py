@@ -1,5 +1,6 @@
 """SQLite store: runs, intents, orders, fills, round trips, positions, equity, quarantined rows,
-and each replay's report (the JSON `scalpd report RUN` rebuilds its HTML from).
+each replay's report (the JSON `scalpd report RUN` rebuilds its HTML from), and the model
+versions online learning made, with their lineage and events (`scalpd ctl models`).
 
 WAL mode. A live journal writes with `synchronous=FULL` and its owner commits each event's
 records in one transaction (`flush()`) before acting on them, so an order is on disk before it
@@ -20,9 +21,10 @@ import sqlite_utils
 
 from scalpd.engine.portfolio import ClosedTrade, Position
 from scalpd.events import Fill, Order, OrderIntent, OrderStatus, OrderUpdate
+from scalpd.models.versions import ModelVersion, VersionEvent
 from scalpd.risk.gate import Decision
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Steps from one schema version to the next, applied in order to an older database.
 _MIGRATIONS: dict[int, str] = {
@@ -54,6 +56,34 @@ ALTER TABLE orders ADD COLUMN exchange_id TEXT;
 CREATE INDEX IF NOT EXISTS runs_account ON runs(account);
 CREATE INDEX IF NOT EXISTS fills_client ON fills(client_id, trade_id);
 CREATE INDEX IF NOT EXISTS fills_trade ON fills(symbol, trade_id);
+""",
+    # v5: model versions born online (issue 8) and what happened to them. A version is
+    # identified by (run_id, symbol, model, version): each run's online learner counts from
+    # the trained artifact (version 0) again, so the same number in two runs is two networks.
+    # Weights are NULL for a candidate the guard rejected.
+    5: """
+CREATE TABLE IF NOT EXISTS model_versions (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    symbol TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    parent INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    weights BLOB,
+    metrics_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, symbol, model, version)
+);
+CREATE TABLE IF NOT EXISTS model_events (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    symbol TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS model_events_version ON model_events(run_id, symbol, model, version);
 """,
 }
 
@@ -342,8 +372,86 @@ class Store:
         )
         self.conn.commit()
 
+    # -- model versions born online (issue 8) ------------------------------------------------
+
+    def model_versions(
+        self, run_id: int | None = None, symbol: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The lineage of `run_id`'s and `symbol`'s versions (None: every run, every symbol),
+        by run, symbol, model and version. Each row: run_id, symbol, model, version, parent,
+        created_ms, has_weights, metrics (a dict), and from its events `state` (the kind of
+        its latest one; None before any), `state_ms`, `reason`, and `champion`: whether it is
+        the version serving at the end of the events (the latest promoted or restored; after a
+        champion's rollback, the one its promotion replaced)."""
+        rows = list(
+            self.db.query(
+                "SELECT v.run_id, v.symbol, v.model, v.version, v.parent, v.created_ms, "
+                "v.weights IS NOT NULL AS has_weights, v.metrics_json, e.kind AS state, "
+                "e.time_ms AS state_ms, e.reason FROM model_versions v "
+                "LEFT JOIN model_events e ON e.id = (SELECT max(x.id) FROM model_events x "
+                " WHERE x.run_id = v.run_id AND x.symbol = v.symbol AND x.model = v.model "
+                " AND x.version = v.version) "
+                "WHERE (:run IS NULL OR v.run_id = :run) AND (:sym IS NULL OR v.symbol = :sym) "
+                "ORDER BY v.run_id, v.symbol, v.model, v.version",
+                {"run": run_id, "sym": symbol},
+            )
+        )
+        champion: dict[tuple[int, str, str], int] = {}  # version 0 until an event says
+        replaced: dict[tuple[int, str, str, int], int] = {}  # promoted -> the one it replaced
+        for e in self.model_events(run_id, symbol):
+            lineage, version = (e["run_id"], e["symbol"], e["model"]), e["version"]
+            if e["kind"] in ("promoted", "restored"):
+                replaced[(*lineage, version)] = champion.get(lineage, 0)
+                champion[lineage] = version
+            elif e["kind"] == "rolled_back" and champion.get(lineage, 0) == version:
+                champion[lineage] = replaced.get((*lineage, version), 0)
+        for r in rows:
+            r["has_weights"] = bool(r["has_weights"])
+            r["metrics"] = orjson.loads(r.pop("metrics_json"))
+            r["champion"] = champion.get((r["run_id"], r["symbol"], r["model"])) == r["version"]
+        return rows
+
+    def model_events(
+        self, run_id: int | None = None, symbol: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every version event of `run_id` and `symbol` (None: all), in the order recorded."""
+        return list(
+            self.db.query(
+                "SELECT run_id, symbol, model, version, kind, time_ms, reason FROM model_events "
+                "WHERE (:run IS NULL OR run_id = :run) AND (:sym IS NULL OR symbol = :sym) "
+                "ORDER BY id",
+                {"run": run_id, "sym": symbol},
+            )
+        )
+
+    def model_weights(self, run_id: int, symbol: str, model: str, version: int) -> bytes:
+        """A stored version's weights (torch.save of its state_dict). StoreError when the
+        run has no such version, or the guard rejected it (its weights were not kept)."""
+        row = self.conn.execute(
+            "SELECT weights FROM model_versions "
+            "WHERE run_id = ? AND symbol = ? AND model = ? AND version = ?",
+            (run_id, symbol, model, version),
+        ).fetchone()
+        if row is None:
+            known = self.conn.execute(
+                "SELECT group_concat(version, ', ') FROM (SELECT version FROM model_versions "
+                "WHERE run_id = ? AND symbol = ? AND model = ? AND weights IS NOT NULL "
+                "ORDER BY version)",
+                (run_id, symbol, model),
+            ).fetchone()[0]
+            raise StoreError(
+                f"run {run_id} has no version {version} of {symbol} ({model}); "
+                f"versions with weights: {known or 'none'}"
+            )
+        if row[0] is None:
+            raise StoreError(
+                f"version {version} of {symbol} ({model}, run {run_id}) was rejected by the "
+                "guard: its weights were not kept"
+            )
+        return bytes(row[0])
+
     def journal(self, run_id: int, *, durable: bool) -> SqliteJournal:
-        return SqliteJournal(self.conn, run_id, durable=durable)
+        return SqliteJournal(self.conn, run_id, durable=durable, store=self)
 
 
 class SqliteJournal:
@@ -356,8 +464,11 @@ class SqliteJournal:
 
     _BATCH = 5_000
 
-    def __init__(self, conn: sqlite3.Connection, run_id: int, *, durable: bool) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, run_id: int, *, durable: bool, store: Store | None = None
+    ) -> None:
         self._conn = conn
+        self.store = store  # the Store it writes to: its queries read what was recorded
         self._run = run_id
         self._durable = durable
         self._pending = 0
@@ -472,4 +583,37 @@ class SqliteJournal:
             "INSERT INTO equity(run_id, time_ms, equity, cash) VALUES (?, ?, ?, ?)",
             (self._run, time_ms, equity, cash),
         )
+        self._done()
+
+    def record_model(self, record: ModelVersion | VersionEvent) -> None:
+        """A model version born online, or something that happened to one (issue 8)."""
+        if isinstance(record, ModelVersion):
+            self._conn.execute(
+                "INSERT INTO model_versions(run_id, symbol, model, version, parent, created_ms, "
+                "weights, metrics_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._run,
+                    record.symbol,
+                    record.model,
+                    record.version,
+                    record.parent,
+                    record.created_ms,
+                    record.weights,
+                    orjson.dumps(dict(record.metrics), option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                ),
+            )
+        else:
+            self._conn.execute(
+                "INSERT INTO model_events(run_id, symbol, model, version, kind, time_ms, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._run,
+                    record.symbol,
+                    record.model,
+                    record.version,
+                    record.kind,
+                    record.time_ms,
+                    record.reason,
+                ),
+            )
         self._done()

@@ -50,6 +50,7 @@ from scalpd.execution.sim import SimBroker
 from scalpd.faults import crash_point
 from scalpd.live.book_feed import BookFeed
 from scalpd.live.exchange import ScalpdBinance, make_exchange, market_rules
+from scalpd.live.learning import RoundRunner
 from scalpd.live.recovery import Recovery, fill_from_row, rebuild_book, recover
 from scalpd.live.services import DaemonServices, ServiceError
 from scalpd.live.source import CcxtBarSource
@@ -147,6 +148,8 @@ class Daemon:
         self._sending: asyncio.Task[None] | None = None
         self._sending_for: dict[str, asyncio.Task[None]] = {}
         self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
+        self._online: Any = None  # the model strategy's online learning, when on
+        self.rounds: RoundRunner | None = None
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -254,6 +257,11 @@ class Daemon:
             )
             self.services = DaemonServices(self, engine, broker)
             await self.services.start()
+            online = getattr(engine.strategy, "online", None)
+            if online is not None:  # its rounds run in a worker thread (live/learning.py)
+                online.defer_rounds()
+                self._online = online
+                self.rounds = RoundRunner(online, self.bar_lock, self._record_models)
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
             alerter.send(
                 alerts.START,
@@ -289,6 +297,8 @@ class Daemon:
             raise
         finally:
             systemd.stopping()
+            if self.rounds is not None:
+                await self.rounds.close()
             if self._user_stream is not None:
                 self._user_stream.cancel()
                 await asyncio.gather(self._user_stream, return_exceptions=True)
@@ -445,6 +455,10 @@ class Daemon:
             end_ns = exchange.first_order_sent_ns or end_ns
         latency_s = (end_ns - decided.received_ns) / 1e9
         self.decision_latency_s.append(latency_s)
+        if self._online is not None and self.rounds is not None:
+            # Online learning's share of the bar, now that its orders are out.
+            self._online.settle(bar.symbol)
+            self.rounds.poke()
         if live_broker is not None:
             await self._check_resting(live_broker, bar.symbol)
         if self.services is not None:
@@ -508,6 +522,12 @@ class Daemon:
                 engine.resume(now_ms, MANUAL)
                 self._stop_paused = False
             self.commit()
+
+    def _record_models(self) -> None:
+        """After a round's candidate was judged (under the bar lock): its records on disk."""
+        if self.services is not None:
+            self.services.record_models()
+        self.commit()
 
     def commit(self) -> None:
         """Make what the engine recorded durable; called before anything recorded is acted on

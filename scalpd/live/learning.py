@@ -1,0 +1,127 @@
+"""Online learning in the daemon: the strategy's fine-tuning rounds run off the event loop.
+
+A replay runs each round where it falls due, between one bar's decision and the next bar, so a
+seed gives the same versions. The daemon cannot afford that: a round is hundreds of
+milliseconds of torch, and the next candle must not wait for it. So in paper and live the
+online strategy (scalpd/strategy/online.py, after `defer_rounds()`) only notes that a round is
+due; this runner, poked after each bar has been sent and accounted for, takes the round's
+inputs on the loop (`prepare_round`: a copy of the replay buffer, the weights, the context
+rows), runs the optimiser steps in a worker PROCESS (`RoundJob.train`), builds an approved
+candidate's streaming predictor in a worker thread (`RoundJob.predictor_for`: it cannot be
+pickled, and is built on the context rows copied, the rows that came meanwhile fed later),
+and hands the candidate back between bars, under the daemon's bar lock (`finish_round`: the
+champion/challenger bookkeeping, the swap). One round at a time; a decision never waits for
+one.
+
+Why a process: in a thread, the optimiser's Python work (autograd, Adam) holds the
+interpreter lock most of the time, and every decision made meanwhile would share it. The
+worker process (spawned once, at the first round; torch on one thread there) leaves the
+daemon's core to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("scalpd.live.learning")
+
+
+class RoundJob(Protocol):
+    symbol: str
+
+    def train(self) -> Any:
+        """The optimiser steps on the job's copies (in the worker process): the candidate."""
+
+    def predictor_for(self, candidate: Any) -> Any:
+        """An approved candidate's streaming predictor (in a worker thread)."""
+
+
+class OnlineLearning(Protocol):
+    def due_rounds(self) -> list[str]:
+        """Symbols whose round is due, oldest first."""
+
+    def prepare_round(self, symbol: str) -> RoundJob | None:
+        """The round's inputs, copied (on the loop); None: none due."""
+
+    def finish_round(self, job: Any, result: Any) -> None:
+        """Judge and maybe serve the round's candidate (on the loop, between bars)."""
+
+
+def _train(job: RoundJob) -> Any:
+    """In the worker process."""
+    return job.train()
+
+
+def _worker_start() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the other core is the daemon's
+
+
+class RoundRunner:
+    def __init__(
+        self,
+        online: OnlineLearning,
+        bar_lock: asyncio.Lock,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_finished`: called under the bar lock after a round's candidate was handed back
+        (the daemon journals and commits the versions and events it made)."""
+        self._online = online
+        self._bar_lock = bar_lock
+        self._on_finished = on_finished
+        self._task: asyncio.Task[None] | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self.rounds = 0
+        self.failures = 0
+
+    def poke(self) -> None:
+        """Start the next due round unless one is running (called after each bar)."""
+        if self._task is not None and not self._task.done():
+            return
+        due = self._online.due_rounds()
+        if not due:
+            return
+        job = self._online.prepare_round(due[0])
+        if job is None:
+            return
+        self._task = asyncio.create_task(self._run(job), name=f"online-round-{job.symbol}")
+
+    async def _run(self, job: RoundJob) -> None:
+        from scalpd.strategy.online import RoundResult
+
+        loop = asyncio.get_running_loop()
+        try:
+            if self._pool is None:
+                context = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(1, context, initializer=_worker_start)
+            candidate = await loop.run_in_executor(self._pool, _train, job)
+            predictor = None
+            if candidate is not None and candidate.verdict.accept:
+                predictor = await asyncio.to_thread(job.predictor_for, candidate)
+        except Exception as exc:  # noqa: BLE001 - a failed round never stops trading
+            self.failures += 1
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("online_round_failed", symbol=job.symbol, error=error)
+            return
+        result = None if candidate is None else RoundResult(candidate, predictor)
+        async with self._bar_lock:
+            self._online.finish_round(job, result)
+            if self._on_finished is not None:
+                self._on_finished()
+        self.rounds += 1
+
+    async def close(self) -> None:
+        """Drop a running round, stop the worker process."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

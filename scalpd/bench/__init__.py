@@ -215,6 +215,12 @@ def _online_regime() -> Iterator[Result]:
     return bench_online_regime()
 
 
+def _online_replay() -> Iterator[Result]:
+    from scalpd.bench.online_replay import bench_online_replay  # imports torch: on demand
+
+    return bench_online_replay()
+
+
 BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "replay_rule_bars_per_s": bench_replay_rule,
     "replay_model_bars_per_s": _replay_model,
@@ -228,6 +234,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "decision_latency_online": _decision_latency_online,
     "finetune_step_ms": _finetune_step,
     "online_regime": _online_regime,
+    "replay_online_bars_per_s": _online_replay,
     **_models(),
 }
 

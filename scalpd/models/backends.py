@@ -339,6 +339,25 @@ class Predictor:
         probs, ok = self._step_probs(x_t, time_ms)
         return probs if ok else None
 
+    def feed(self, rows: np.ndarray) -> None:
+        """Advance the stream over `rows` [T, F] (consecutive bars, oldest first) as T calls
+        of `predict_step` would, in chunked calls: rebuilding a new network's state from its
+        context then costs one forward pass, not T one-bar steps (~10x less for a TCN's 61
+        rows). Equal to stepping to float tolerance (streaming = series, 1e-5)."""
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ModelError(f"rows must be [T, {self.n_features}], got {list(x.shape)}")
+        if not isinstance(self.runner, TorchRunner):  # ONNX pads its chunks: step instead
+            for row in x:
+                self._step_probs(row, None)
+            return
+        for a in range(0, len(x), self.chunk_bars):
+            _, self._state = self.runner.chunk(x[a : a + self.chunk_bars], self._state)
+        for bad in ~np.isfinite(x).all(axis=1):
+            self._validity.push(bool(bad))
+        if len(x):
+            self._last_ms = None  # rows carry no times: the next bar's time is not checked
+
     def _series_logits(
         self, X: np.ndarray, open_time_ms: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:

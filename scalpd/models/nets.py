@@ -213,6 +213,7 @@ class TCN(SeqNet):
             TcnBlock(h, config.kernel, 2**i, config.dropout) for i in range(config.levels)
         )
         self.head = nn.Linear(h, N_OUT)
+        self._plans: dict[int, Any] = {}  # forward_last's row plans by window length
 
     @property
     def context_bars(self) -> int:
@@ -233,6 +234,56 @@ class TCN(SeqNet):
             new += [b1, b2]
         logits = self.head(h)
         return logits.view(*logits.shape[:-1], N_SIDES, N_CLASSES), new
+
+    def _last_plan(self, t: int) -> list[tuple[Tensor, Tensor, Tensor]] | None:
+        """Per block, which rows to keep for the output at the last of t bars: (rows of its
+        input the block needs, conv1's taps into them, conv2's taps into conv1's outputs);
+        the rows are offsets back from the last bar. None: the context reaches past t bars."""
+        if self.context_bars > t:
+            return None
+        cached = self._plans.get(t)
+        if cached is not None:
+            return cached
+        k = self.cfg.kernel
+        plan = []
+        need = [0]  # offsets (bars back from the last) whose block output is needed
+        for block in reversed(self.blocks):
+            d = block.conv1.dilation  # type: ignore[union-attr]
+            # Tap j of an output at offset o reads the input at o + (k - 1 - j) * d.
+            mid = sorted({o + j * d for o in need for j in range(k)}, reverse=True)
+            rows = sorted({o + j * d for o in mid for j in range(k)}, reverse=True)
+            at_mid, at_rows = {o: i for i, o in enumerate(mid)}, {o: i for i, o in enumerate(rows)}
+            taps1 = [[at_rows[o + (k - 1 - j) * d] for j in range(k)] for o in mid]
+            taps2 = [[at_mid[o + (k - 1 - j) * d] for j in range(k)] for o in need]
+            keep = [at_rows[o] for o in need]
+            # Flat: index_select's backward (index_add) beats advanced indexing's by ~15%.
+            flat1, flat2 = torch.tensor(taps1).flatten(), torch.tensor(taps2).flatten()
+            plan.append((rows, flat1, flat2, torch.tensor(keep)))
+            need = rows
+        out = [
+            (torch.tensor([t - 1 - o for o in rows]) if i == 0 else None, taps1, taps2, keep)
+            for i, (rows, taps1, taps2, keep) in enumerate(reversed(plan))
+        ]
+        self._plans[t] = out  # type: ignore[assignment]
+        return out  # type: ignore[return-value]
+
+    def forward_last(self, x: Tensor) -> Tensor:
+        """forward(x)[:, -1] (logits [B, 2, 3] of the last bar) computing only the rows that
+        output depends on: ~1/3 of forward's arithmetic at the default size on 64 bars, for
+        training batches that score only their last bar. Equal to float tolerance."""
+        plan = self._last_plan(x.shape[1])
+        if plan is None:
+            return self.forward(x)[:, -1]
+        b = x.shape[0]
+        h = torch.relu(self.inp(self.norm(x.index_select(1, plan[0][0]))))
+        k = self.cfg.kernel
+        for block, (_, taps1, taps2, keep) in zip(self.blocks, plan, strict=True):
+            c1, c2 = block.conv1, block.conv2  # type: ignore[union-attr]
+            a = c1.lin(h.index_select(1, taps1).view(b, len(taps1) // k, -1))
+            a = torch.relu(a)
+            a = c2.lin(block.drop(a).index_select(1, taps2).view(b, len(taps2) // k, -1))
+            h = torch.relu(h.index_select(1, keep) + block.drop(torch.relu(a)))
+        return self.head(h[:, -1]).view(b, N_SIDES, N_CLASSES)
 
     def stepper(self) -> Step:
         norm, inp, head = _bind_norm(self.norm), _bind_linear(self.inp), _bind_linear(self.head)

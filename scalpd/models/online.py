@@ -65,6 +65,9 @@ from scalpd.models.errors import ModelError
 from scalpd.models.labels import STOP_LOSS, TAKE_PROFIT, TIMEOUT, LabelParams
 from scalpd.models.nets import SeqNet
 
+# Networks whose output at a bar depends on their last context_bars rows only (the LSTM's
+# state carries everything before).
+_CONTEXT_BOUND = ("tcn", "transformer")
 # The defaults are the [online] settings' (defined once, in scalpd/config/settings.py).
 _DEFAULTS = OnlineSettings()
 
@@ -86,6 +89,7 @@ class ReplayBuffer:
         self._y = np.full((capacity, 2), -1, dtype=np.int64)
         self._ok = np.zeros(capacity, dtype=bool)
         self._seg = np.zeros(capacity, dtype=np.int64)
+        self._finite = np.zeros(capacity, dtype=bool)  # the row's features are all finite
         self._next = 0  # total pushed; slot = index % capacity
         self._segment = 0
         self._new_segment = True
@@ -113,7 +117,15 @@ class ReplayBuffer:
         self._y[i] = y if label_ok else -1
         self._ok[i] = label_ok and bool((np.asarray(y) >= 0).all())
         self._seg[i] = self._segment
+        self._finite[i] = bool(np.isfinite(self._x[i]).all())
         self._next += 1
+
+    def _slots(self, positions: np.ndarray) -> np.ndarray:
+        """Storage slots of positions (0 = oldest kept): reading through them, not through a
+        reordered copy of the whole buffer, costs the rows read only."""
+        if self._next <= self.capacity:
+            return positions
+        return (positions + self._next) % self.capacity
 
     def _ordered(self, a: np.ndarray) -> np.ndarray:
         if self._next <= self.capacity:
@@ -135,17 +147,33 @@ class ReplayBuffer:
         ends = np.arange(lo, hi)
         fits = ok[ends] & (seg[ends] == seg[ends - seq_len + 1])
         if finite_only:
-            bad = np.concatenate([[0], np.cumsum(~np.isfinite(self._ordered(self._x)).all(1))])
+            bad = np.concatenate([[0], np.cumsum(~self._ordered(self._finite))])
             fits &= bad[ends + 1] == bad[ends - seq_len + 1]
         return ends[fits]
 
     def batch_at(self, ends: np.ndarray, seq_len: int) -> Batch:
         """The windows of seq_len bars ending at `ends` (positions), the last bar scored."""
-        x, y = self._ordered(self._x), self._ordered(self._y)
         rows = np.asarray(ends, dtype=np.int64)[:, None] + np.arange(-seq_len + 1, 1)[None, :]
+        slots = self._slots(rows)
+        x, y = self._x[slots], self._y[slots]
         mask = np.zeros(rows.shape, dtype=bool)
         mask[:, -1] = True
-        return Batch(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]), torch.from_numpy(mask))
+        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(mask))
+
+    def span_batch(self, ends: np.ndarray, seq_len: int) -> Batch:
+        """One sequence over the bars from seq_len - 1 before the first of `ends` to the last,
+        those at `ends` scored. For a network whose outputs depend on its last context_bars
+        <= seq_len rows only, each scored output equals the last of `batch_at`'s window there
+        (the window holds its whole context), for about len(ends) times fewer bar passes when
+        the ends are dense: a window that would cross a gap or a non-finite row is not among
+        `ends`, so what the longer sequence adds before a scored bar is outside its context."""
+        ends = np.asarray(ends, dtype=np.int64)
+        lo, hi = int(ends[0]) - seq_len + 1, int(ends[-1]) + 1
+        slots = self._slots(np.arange(lo, hi))
+        x, y = self._x[slots], self._y[slots]
+        mask = np.zeros((1, hi - lo), dtype=bool)
+        mask[0, ends - lo] = True
+        return Batch(torch.from_numpy(x[None]), torch.from_numpy(y[None]), torch.from_numpy(mask))
 
     def sample(self, batch_size: int, seq_len: int, rng: np.random.Generator) -> Batch | None:
         """Windows of seq_len bars ending at random labelled bars (the last bar of each
@@ -159,7 +187,13 @@ class ReplayBuffer:
 
 def batch_loss(net: SeqNet, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the scored, labelled positions and both sides (train.py's)."""
-    logits = net(batch.x)
+    last = getattr(net, "forward_last", None)
+    if last is not None and not bool(batch.mask[:, :-1].any()):
+        # Training windows score their last bar only: the TCN computes just what it needs.
+        batch = Batch(batch.x, batch.y[:, -1:], batch.mask[:, -1:])
+        logits = last(batch.x).unsqueeze(1)
+    else:
+        logits = net(batch.x)
     scored = batch.mask & (batch.y >= 0).all(dim=-1)
     loss_all = F.cross_entropy(
         logits.reshape(-1, 3), batch.y.clamp_min(0).reshape(-1), reduction="none"
@@ -172,7 +206,7 @@ def eval_loss(net: SeqNet, batch: Batch | None) -> float:
     if batch is None or not bool((batch.mask & (batch.y >= 0).all(dim=-1)).any()):
         return math.nan
     net.eval()
-    with torch.no_grad():
+    with torch.inference_mode():
         return float(batch_loss(net, batch))
 
 
@@ -441,9 +475,18 @@ class OnlineLearner:
 
         return ends(0, recent_from), ends(recent_from, train_to), ends(hold_from, n)
 
+    def _judged_on(self, ends: np.ndarray) -> Batch:
+        """The held-out windows ending at `ends`, as one sequence where that gives the same
+        outputs (a TCN or Transformer whose context fits the window; not the LSTM, whose
+        windows truncate its state): 240 windows of 64 bars cost 64x the bar passes."""
+        net, seq_len = self.approved, self.params.seq_len
+        if net.kind in _CONTEXT_BOUND and net.context_bars <= seq_len:
+            return self.buffer.span_batch(ends, seq_len)
+        return self.buffer.batch_at(ends, seq_len)
+
     def holdout_batch(self) -> Batch | None:
         ends = self._regions()[2]
-        return self.buffer.batch_at(ends, self.params.seq_len) if len(ends) else None
+        return self._judged_on(ends) if len(ends) else None
 
     def fine_tune(
         self,
@@ -475,7 +518,7 @@ class OnlineLearner:
             grad_clip=p.grad_clip,
             budget_ms=budget_ms,
         )
-        holdout = self.buffer.batch_at(held, p.seq_len)
+        holdout = self._judged_on(held)
         cand_loss, approved_loss = eval_loss(net, holdout), eval_loss(self.approved, holdout)
         verdict = guard_candidate(
             cand_loss,

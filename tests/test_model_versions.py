@@ -167,7 +167,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ONLINE = {
     "enabled": True, "update_every": "hour", "max_steps": 3, "base_lr": 2e-3,
     "lr_vol_power": 0.0, "seq_len": 16, "batch_size": 8, "recent_bars": 60,
-    "holdout_bars": 30, "seed": 0,
+    "holdout_bars": 30, "seed": 0, "replay_weights": True,
 }  # fmt: skip
 
 
@@ -229,6 +229,27 @@ def test_a_replay_journals_the_versions_its_strategy_made(
     store.close()
 
 
+def test_a_replay_keeps_no_weights_unless_asked(tiny_model: Path, tmp_path: Path) -> None:
+    """By default a replay stores each version's lineage and metrics, not its weights."""
+    from scalpd.replay.runner import ReplayInput, run_replay
+
+    settings = load_settings(
+        None,
+        {
+            "strategy": {"name": "model", "model_path": str(tiny_model), "model_backend": "eager"},
+            "online": {**ONLINE, "replay_weights": False},
+            "store": {"path": str(tmp_path / "w.db")},
+        },
+    )
+    bars = generate(days=1.0, seed=5, start="2024-01-01T00:00:00Z")
+    store = Store(tmp_path / "w.db")
+    result = run_replay(settings, ReplayInput([bars], "test"), store)
+    rows = store.model_versions(result.run_id)
+    store.close()
+    assert rows and not any(r["has_weights"] for r in rows)
+    assert any(r["state"] != "rejected" for r in rows)  # kept versions too: lineage only
+
+
 def _json_floats(metrics: Any) -> dict[str, Any]:
     """Metrics as JSON keeps them: a NaN or an infinity is null."""
     return {
@@ -258,9 +279,11 @@ def _weights(model: Path, scale: float) -> tuple[str, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def _paper_daemon(settings: Any) -> AsyncIterator[tuple[Daemon, FakeExchange, Any]]:
+async def _paper_daemon(
+    settings: Any, bars: Any = BARS
+) -> AsyncIterator[tuple[Daemon, FakeExchange, Any]]:
     fx = FakeExchange(
-        {SYMBOL: BARS.kline_columns()},
+        {SYMBOL: bars.kline_columns()},
         api_key=API_KEY,
         api_secret=API_SECRET,
         balances={"USDT": 10_000.0},
@@ -406,3 +429,49 @@ def test_cli_ctl_model_arguments(capsys: pytest.CaptureFixture, tmp_path: Path) 
     assert "takes no --run" in capsys.readouterr().err
     assert main(["ctl", "models", "--run", "3", *sock]) == 1  # well formed: no daemon there
     assert "no daemon listening" in capsys.readouterr().err
+
+
+def test_a_paper_daemon_trains_its_rounds_off_the_event_loop(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Hourly rounds in a paper daemon: they are only noted at the bar they fall due, trained
+    in the worker process (scalpd/live/learning.py) while bars go on, handed back between
+    bars, and their versions and events journaled in the store."""
+    db = tmp_path / "r.db"
+
+    def settings(fx: FakeExchange) -> Any:
+        return load_settings(
+            None,
+            {
+                "exchange": exchange_section(fx, API_KEY, API_SECRET),
+                "symbols": {"trade": [SYMBOL]},
+                "strategy": {"name": "model", "model_path": str(tiny_model),
+                             "model_backend": "eager"},
+                "online": ONLINE,
+                "store": {"path": str(db)},
+                "logging": {"level": "warning"},
+            },
+        )  # fmt: skip
+
+    # The features' longest warm-up is ~1,064 bars: the learner trains on finite rows only.
+    bars = generate(days=0.85, seed=3, start="2024-01-01T00:00:00Z")
+
+    async def scenario() -> tuple[int, int]:
+        async with _paper_daemon(settings, bars) as (daemon, _fx, step):
+            online = daemon.engine.strategy.online  # type: ignore[union-attr]
+            assert daemon.rounds is not None and online._deferred
+            await step(len(bars) - 1)
+            async with asyncio.timeout(120):  # a bound on a hang only
+                while sum(a + r for a, r in online.counts().values()) < 1:
+                    await asyncio.sleep(0.05)
+            assert daemon.rounds.failures == 0
+            return daemon.run_id, sum(a + r for a, r in online.counts().values())
+
+    run_id, rounds = asyncio.run(scenario())
+    store = Store(db)
+    versions, events = store.model_versions(run_id), store.model_events(run_id)
+    store.close()
+    # Each round handed back made a version (kept, or rejected with no weights) and an event.
+    assert len(versions) >= rounds >= 1
+    assert {e["kind"] for e in events} <= {"challenger", "rejected", "promoted", "rolled_back"}
+    assert all((v["has_weights"]) == (v["state"] != "rejected") for v in versions)

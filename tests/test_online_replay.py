@@ -32,6 +32,7 @@ DAYS = 4
 ONLINE = {
     "enabled": True, "update_every": "hour", "max_steps": 10, "base_lr": 2.5e-3,
     "lr_vol_power": 0.0, "seq_len": 32, "recent_bars": 240, "holdout_bars": 120, "seed": 0,
+    "replay_weights": True,  # the weights are compared below
 }  # fmt: skip
 
 

@@ -618,6 +618,13 @@ class OnlineSettings(Section):
     probation_bars: int = Field(
         240, ge=0, le=100_000, description="bars a new champion is watched against the old one"
     )
+    replay_weights: bool = Field(
+        False,
+        description=(
+            "a replay stores each version's weights too (lineage and metrics always; paper "
+            "and live always keep weights): ~240 KB a TCN version, gigabytes a year hourly"
+        ),
+    )
 
     @field_validator("challenger_shares")
     @classmethod

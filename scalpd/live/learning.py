@@ -58,6 +58,11 @@ def _train(job: RoundJob) -> Any:
     return job.train()
 
 
+def _ready() -> None:
+    """A first task for the worker: its start (the imports) done before any round."""
+    import scalpd.strategy.online  # noqa: F401 - what unpickling a job needs
+
+
 def _worker_start() -> None:
     import torch
 
@@ -81,6 +86,13 @@ class RoundRunner:
         self.rounds = 0
         self.failures = 0
 
+    def start(self) -> None:
+        """Spawn the worker process now (it imports torch: seconds), not at the first round."""
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(1, context, initializer=_worker_start)
+            self._pool.submit(_ready)
+
     def poke(self) -> None:
         """Start the next due round unless one is running (called after each bar)."""
         if self._task is not None and not self._task.done():
@@ -98,9 +110,7 @@ class RoundRunner:
 
         loop = asyncio.get_running_loop()
         try:
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(1, context, initializer=_worker_start)
+            self.start()
             candidate = await loop.run_in_executor(self._pool, _train, job)
             predictor = None
             if candidate is not None and candidate.verdict.accept:
@@ -116,6 +126,8 @@ class RoundRunner:
             if self._on_finished is not None:
                 self._on_finished()
         self.rounds += 1
+        self._task = None
+        self.poke()  # a round that fell due meanwhile (one per symbol: the latest)
 
     async def close(self) -> None:
         """Drop a running round, stop the worker process."""

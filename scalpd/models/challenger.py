@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 # What a trial says after a pair of losses; None when nothing changes.
 TrialAction = Literal["advance", "promote", "rollback", "confirm"]
 
@@ -60,11 +62,11 @@ def newey_west_variance(d: Sequence[float], lag_bars: int) -> float:
     n = len(d)
     if n == 0:
         return math.nan
-    mean = math.fsum(d) / n
-    c = [x - mean for x in d]
-    var = math.fsum(x * x for x in c) / n
+    c = np.asarray(d, dtype=np.float64)
+    c = c - c.mean()
+    var = float(c @ c) / n
     for k in range(1, min(lag_bars, n - 1) + 1):
-        gamma = math.fsum(c[i] * c[i - k] for i in range(k, n)) / n
+        gamma = float(c[k:] @ c[:-k]) / n
         var += 2.0 * (1.0 - k / (lag_bars + 1)) * gamma
     return max(var, 0.0)
 

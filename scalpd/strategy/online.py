@@ -182,8 +182,8 @@ class RoundJob:
     def predictor_for(self, candidate: Candidate) -> Predictor:
         """An approved candidate's predictor, fed the job's context rows (a worker thread)."""
         predictor = OnlineModel._predictor(candidate.net)
-        for row in self.context:
-            predictor.predict_step(row)
+        if self.context:
+            predictor.feed(np.asarray(self.context))
         return predictor
 
     def run(self) -> RoundResult | None:
@@ -531,8 +531,8 @@ class OnlineModel:
         predictor = result.predictor
         fresh = m.rows_seen - job.rows_seen
         if predictor is not None and m.gaps == job.gaps and fresh <= len(m.context):
-            for row in list(m.context)[len(m.context) - fresh :]:
-                predictor.predict_step(row)  # the rows that came while it was built
+            if fresh:  # the rows that came while it was built
+                predictor.feed(np.asarray(list(m.context)[len(m.context) - fresh :]))
         else:
             predictor = None  # a gap meanwhile: rebuilt from the context as it is now
         self._consider(m, job.symbol, result.candidate, job.close_ms, job.lr, predictor)
@@ -592,8 +592,8 @@ class OnlineModel:
 
     def _rebuilt(self, net: SeqNet, context: deque[np.ndarray]) -> Predictor:
         predictor = self._predictor(net)
-        for row in context:  # the same rows, in order: the new weights' state at this bar
-            predictor.predict_step(row)
+        if context:  # the same rows, in order: the new weights' state at this bar
+            predictor.feed(np.asarray(context))
         return predictor
 
     # -- versions in and out -------------------------------------------------------------------

@@ -262,6 +262,7 @@ class Daemon:
                 online.defer_rounds()
                 self._online = online
                 self.rounds = RoundRunner(online, self.bar_lock, self._record_models)
+                self.rounds.start()
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
             alerter.send(
                 alerts.START,

@@ -60,6 +60,7 @@ from scalpd.ops.alerts import Alerter
 from scalpd.risk.breakers import DAILY_LOSS, MANUAL, TRIP, RiskEvent, RiskState, kind_of
 from scalpd.store.sqlite import SqliteJournal, Store
 
+SWITCH_INTERVAL_S = 0.0005
 log = structlog.get_logger("scalpd.live")
 
 # How often the risk layer is told that time passed (stale data, cool-downs, the UTC day).
@@ -328,6 +329,10 @@ class Daemon:
         # future each (every one is an event-loop hop on the way to a decision).
         stop_wait.add_done_callback(lambda _: source.interrupt())
         ticker = asyncio.create_task(self._tick_risk(engine), name="risk-tick")
+        # Other threads (alerts, online learning's hand-offs, SQLite reads) hold the
+        # interpreter lock at most this long before the loop gets it back (Python's 5 ms
+        # default would be the decision latency's tail).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         source.start()
         try:
             while not self._stop.is_set():

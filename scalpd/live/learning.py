@@ -15,8 +15,8 @@ one.
 
 Why a process: in a thread, the optimiser's Python work (autograd, Adam) holds the
 interpreter lock most of the time, and every decision made meanwhile would share it. The
-worker process (spawned once, at the first round; torch on one thread there) leaves the
-daemon's core to the loop.
+worker process (spawned when the daemon starts; torch on one thread there, at the lowest
+scheduling priority) leaves the daemon's core to the loop, and yields a shared one to it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class RoundJob(Protocol):
     symbol: str
 
     def train(self) -> Any:
-        """The optimiser steps on the job's copies (in the worker process): the candidate."""
+        """The optimiser steps on the job's copies (in the worker process): None, or the
+        candidate and its serialized weights."""
 
     def predictor_for(self, candidate: Any) -> Any:
         """An approved candidate's streaming predictor (in a worker thread)."""
@@ -64,9 +65,13 @@ def _ready() -> None:
 
 
 def _worker_start() -> None:
+    import os
+
     import torch
 
     torch.set_num_threads(1)  # the other core is the daemon's
+    # Training yields the CPU to the daemon whenever both want it (a core shared with it).
+    os.nice(19)
 
 
 class RoundRunner:
@@ -111,16 +116,19 @@ class RoundRunner:
         loop = asyncio.get_running_loop()
         try:
             self.start()
-            candidate = await loop.run_in_executor(self._pool, _train, job)
-            predictor = None
-            if candidate is not None and candidate.verdict.accept:
-                predictor = await asyncio.to_thread(job.predictor_for, candidate)
+            trained = await loop.run_in_executor(self._pool, _train, job)
+            result = None
+            if trained is not None:
+                candidate, weights = trained
+                predictor = None
+                if candidate.verdict.accept:
+                    predictor = await asyncio.to_thread(job.predictor_for, candidate)
+                result = RoundResult(candidate, predictor, weights)
         except Exception as exc:  # noqa: BLE001 - a failed round never stops trading
             self.failures += 1
             error = f"{type(exc).__name__}: {exc}"
             log.error("online_round_failed", symbol=job.symbol, error=error)
             return
-        result = None if candidate is None else RoundResult(candidate, predictor)
         async with self._bar_lock:
             self._online.finish_round(job, result)
             if self._on_finished is not None:

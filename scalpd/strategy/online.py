@@ -154,6 +154,7 @@ def _weights(net: SeqNet) -> bytes:
 class RoundResult:
     candidate: Candidate
     predictor: Predictor | None  # the candidate's, fed the job's context (None: rejected)
+    weights: bytes | None = None  # its state_dict serialized where it was trained
 
 
 @dataclass
@@ -172,12 +173,16 @@ class RoundJob:
     rows_seen: int
     gaps: int
 
-    def train(self) -> Candidate | None:
+    def train(self) -> tuple[Candidate, bytes | None] | None:
         """The optimiser steps and the guard's judgement, on the job's copies only: safe in a
-        worker thread or process (the job pickles)."""
-        return self.learner.fine_tune(
+        worker thread or process (the job pickles); an approved candidate's weights are
+        serialized there too, not on the event loop."""
+        candidate = self.learner.fine_tune(
             self.max_steps, budget_ms=self.budget_ms, recent_vol=self.vol_bps
         )
+        if candidate is None:
+            return None
+        return candidate, _weights(candidate.net) if candidate.verdict.accept else None
 
     def predictor_for(self, candidate: Candidate) -> Predictor:
         """An approved candidate's predictor, fed the job's context rows (a worker thread)."""
@@ -188,11 +193,12 @@ class RoundJob:
 
     def run(self) -> RoundResult | None:
         """`train`, then the predictor of an approved candidate: the whole round in one call."""
-        candidate = self.train()
-        if candidate is None:
+        trained = self.train()
+        if trained is None:
             return None
+        candidate, weights = trained
         predictor = self.predictor_for(candidate) if candidate.verdict.accept else None
-        return RoundResult(candidate, predictor)
+        return RoundResult(candidate, predictor, weights)
 
 
 class OnlineModel:
@@ -535,7 +541,9 @@ class OnlineModel:
                 predictor.feed(np.asarray(list(m.context)[len(m.context) - fresh :]))
         else:
             predictor = None  # a gap meanwhile: rebuilt from the context as it is now
-        self._consider(m, job.symbol, result.candidate, job.close_ms, job.lr, predictor)
+        self._consider(
+            m, job.symbol, result.candidate, job.close_ms, job.lr, predictor, result.weights
+        )
 
     def _consider(
         self,
@@ -545,6 +553,7 @@ class OnlineModel:
         close_ms: int,
         lr: float,
         predictor: Predictor | None = None,
+        weights: bytes | None = None,
     ) -> None:
         """A round's candidate: a challenger if the guard approves it, else a rejection."""
         version, parent = m.next_version, m.anchor_version
@@ -581,7 +590,9 @@ class OnlineModel:
         m.anchor_version = version
         net = candidate.net
         self._records.append(
-            ModelVersion(symbol, self.model, version, parent, close_ms, _weights(net), metrics)
+            ModelVersion(
+                symbol, self.model, version, parent, close_ms, weights or _weights(net), metrics
+            )
         )
         # A newer version of a live challenger line takes its place and its evidence.
         m.challenger = _Served(version, net, predictor or self._rebuilt(net, m.context))

@@ -118,3 +118,15 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Float sums depend on how work is split between threads: one thread, one answer (for
+    the tests that compare torch results)."""
+    import torch  # here: most tests never load it
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,13 +15,7 @@ from scalpd.models.labels import LabelParams
 from scalpd.models.nets import build_net
 from scalpd.models.online import OnlineLearner, OnlineParams, eval_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_bench_wiring_runs_on_a_tiny_market(tmp_path: Path) -> None:

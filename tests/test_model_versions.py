@@ -10,7 +10,7 @@ import contextlib
 import io
 import math
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -131,13 +131,7 @@ API_KEY, API_SECRET = "mv-key-7Qp2", "mv-secret-Zr84kT"
 WAIT_S = 20  # a bound on a hang only
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Float sums depend on how work is split between threads: one thread, one answer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

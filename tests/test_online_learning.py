@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -93,13 +92,7 @@ def pretrained(market: dict, tmp_path_factory: pytest.TempPathFactory) -> SeqNet
     return art.net
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Float sums depend on how work is split between threads: one thread, one answer."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- maturity and no look-ahead ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from scalpd.ops.control import ControlError, request
 from scalpd.risk.breakers import RiskState
 from scalpd.store.sqlite import Store
 from tests.conftest import closed_port
+from tests.tiny_models import train_tcn
 
 API_KEY, API_SECRET = "svc-key-4Tx8", "svc-secret-Ld71qW"
 # Short periods: a few dozen synthetic bars hold entries and exits.
@@ -291,22 +292,15 @@ def test_a_second_daemon_on_the_same_socket_stops_with_one_line(tmp_path: Path, 
 
 
 def _tiny_model(root: Path) -> Path:
-    from scalpd.models.labels import LabelParams, label_bars
-    from scalpd.models.train import train
-    from scalpd.strategy.model import feature_matrix
+    from scalpd.models.labels import LabelParams
 
     history = generate(days=1.5, seed=4, start="2023-12-30T00:00:00Z")
     label = LabelParams(take_profit_bps=20.0, stop_loss_bps=20.0, horizon_bars=30)
-    X, names, fs_id = feature_matrix(history)
-    labels = label_bars(history, label)
     params = {
         "epochs": 1, "window_bars": 96, "stride_bars": 48, "seed": 1, "threads": 1,
         "label": label, "net": {"hidden": 8},
     }  # fmt: skip
-    artifact = train(
-        "tcn", X, labels.y, labels.valid, names, fs_id, params, root,
-        open_time_ms=history.open_time,
-    )  # fmt: skip
+    artifact, _, _ = train_tcn(history, label, root, params)
     return artifact.path
 
 

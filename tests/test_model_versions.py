@@ -26,6 +26,7 @@ from scalpd.live.daemon import Daemon
 from scalpd.models.versions import ModelVersion, VersionEvent
 from scalpd.ops.control import ControlError, request
 from scalpd.store.sqlite import SCHEMA_VERSION, Store, StoreError
+from tests.tiny_models import train_tcn
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 HOUR_MS = 3_600_000
@@ -136,24 +137,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scalpd.models.labels import LabelParams, label_bars
-    from scalpd.models.train import train
-    from scalpd.strategy.model import feature_matrix
+    from scalpd.models.labels import LabelParams
 
     history = generate(days=1.5, seed=4, start="2023-12-30T00:00:00Z")
     label = LabelParams(take_profit_bps=20.0, stop_loss_bps=20.0, horizon_bars=15)
-    X, names, fs_id = feature_matrix(history)
-    labels = label_bars(history, label)
     params = {
         "epochs": 1, "window_bars": 96, "stride_bars": 48, "seed": 1, "threads": 1,
         "label": label, "net": {"hidden": 8},
     }  # fmt: skip
-    before = torch.get_num_threads()
-    artifact = train(
-        "tcn", X, labels.y, labels.valid, names, fs_id, params,
-        tmp_path_factory.mktemp("models"), open_time_ms=history.open_time,
-    )  # fmt: skip
-    torch.set_num_threads(before)
+    artifact, _, _ = train_tcn(history, label, tmp_path_factory.mktemp("models"), params)
     return artifact.path
 
 

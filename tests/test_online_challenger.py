@@ -24,13 +24,14 @@ from scalpd.models.challenger import (
     paired_test,
 )
 from scalpd.models.errors import ModelError
-from scalpd.models.labels import TAKE_PROFIT, LabelParams, label_bars
+from scalpd.models.labels import TAKE_PROFIT, LabelParams
 from scalpd.models.nets import build_net
-from scalpd.models.train import TrainParams, train
+from scalpd.models.train import TrainParams
 from scalpd.models.versions import ModelVersion, VersionEvent
 from scalpd.replay.source import ReplaySource
-from scalpd.strategy.model import ModelStrategy, feature_matrix
+from scalpd.strategy.model import ModelStrategy
 from scalpd.strategy.online import OnlineModel
+from tests.tiny_models import train_tcn
 
 # -- the statistics, by hand ---------------------------------------------------------------
 
@@ -137,20 +138,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     bars = generate(2.5, 11, START, flow_drift_sigmas=0.5)
-    X, names, feature_set = feature_matrix(bars)
-    labels = label_bars(bars, LABEL)
-    n = 1700
     params = TrainParams(
         epochs=6, lr=3e-3, window_bars=64, stride_bars=8, val_fraction=0.2, keep_best=False,
         label=LABEL, net={"hidden": 16, "levels": 3, "warmup_bars": 16}, seed=0,
         device="cpu", version="v1", threads=1,
     )  # fmt: skip
-    before = torch.get_num_threads()
-    art = train(
-        "tcn", X[:n], labels.y[:n], labels.valid[:n], names, feature_set, params,
-        tmp_path_factory.mktemp("models"), open_time_ms=bars.open_time[:n],
-    )  # fmt: skip
-    torch.set_num_threads(before)
+    art, _, _ = train_tcn(bars, LABEL, tmp_path_factory.mktemp("models"), params, n=1700)
     stream = [b for _, seg in ReplaySource([bars]).segments() for b in seg]
     return {"bars": stream, "artifact": art}
 

@@ -14,12 +14,13 @@ import torch
 from scalpd.config.settings import ConfigError, load_settings
 from scalpd.data.synthetic import RegimeChange, generate
 from scalpd.events import BAR_INTERVAL_MS
-from scalpd.models.labels import LabelParams, class_frequencies, label_bars
-from scalpd.models.train import TrainParams, train
+from scalpd.models.labels import LabelParams, class_frequencies
+from scalpd.models.train import TrainParams
 from scalpd.replay.runner import ReplayInput, ReplayResult, run_replay
 from scalpd.store.sqlite import Store
-from scalpd.strategy.model import ModelStrategy, PrecomputedProbabilities, feature_matrix
+from scalpd.strategy.model import ModelStrategy, PrecomputedProbabilities
 from scalpd.strategy.online import OnlineModel
+from tests.tiny_models import train_tcn
 
 START = "2024-01-01T00:00:00Z"
 LABEL = LabelParams(take_profit_bps=15, stop_loss_bps=15, horizon_bars=15)
@@ -41,20 +42,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     bars = generate(DAYS, 11, START, flow_drift_sigmas=0.5, regime_change=CHANGE)
-    X, names, feature_set = feature_matrix(bars)  # the strategy's own inputs
-    labels = label_bars(bars, LABEL)
     n = int(0.3 * len(bars))
     params = TrainParams(
         epochs=10, lr=3e-3, window_bars=64, stride_bars=8, val_fraction=0.2, keep_best=False,
         label=LABEL, net={"hidden": 16, "levels": 3, "warmup_bars": 16}, seed=0,
         device="cpu", version="v1", threads=1,
     )  # fmt: skip
-    before = torch.get_num_threads()
-    art = train(
-        "tcn", X[:n], labels.y[:n], labels.valid[:n], names, feature_set, params,
-        tmp_path_factory.mktemp("models"), open_time_ms=bars.open_time[:n],
-    )  # fmt: skip
-    torch.set_num_threads(before)
+    # X: the strategy's own inputs.
+    art, X, labels = train_tcn(bars, LABEL, tmp_path_factory.mktemp("models"), params, n=n)
     return {"bars": bars, "X": X, "labels": labels, "artifact": art, "pretrain_bars": n}
 
 

@@ -215,6 +215,12 @@ def _online_regime() -> Iterator[Result]:
     return bench_online_regime()
 
 
+def _online_walkforward() -> Iterator[Result]:
+    from scalpd.bench.online_walkforward import bench_online_walkforward  # imports torch
+
+    return bench_online_walkforward()
+
+
 def _online_replay() -> Iterator[Result]:
     from scalpd.bench.online_replay import bench_online_replay  # imports torch: on demand
 
@@ -234,6 +240,7 @@ BENCHMARKS: dict[str, Callable[[], Iterator[Result]]] = {
     "decision_latency_online": _decision_latency_online,
     "finetune_step_ms": _finetune_step,
     "online_regime": _online_regime,
+    "online_walkforward": _online_walkforward,
     "replay_online_bars_per_s": _online_replay,
     **_models(),
 }

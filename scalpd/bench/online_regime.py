@@ -52,49 +52,18 @@ def _need(relative: str) -> Path:
     return need(relative)
 
 
-def _pct(fraction: float | None) -> float | None:
-    return None if fraction is None else round(100 * fraction, 3)
-
-
 def _day(ms: int) -> str:
     return str(np.datetime64(ms, "ms").astype("datetime64[D]"))
 
 
-def _replay_line(name: str, result: Any) -> Result:
-    s, baselines = result.summary, (result.report or {}).get("baselines", {})
-    rule = (baselines.get("rule") or {}).get("metrics") or {}
-    rand = baselines.get("random_entries") or {}
-    runs = [r for r in (rand.get("runs") or {}).get("total_return", []) if r is not None]
-    return {
-        "bench": name,
-        "value": s["total_return_pct"],
-        "unit": "% return after fees",
-        "trades": s["trades"],
-        "win_rate_pct": s["win_rate_pct"],
-        "fees_usdt": s["fees_usdt"],
-        "slippage_usdt": s["slippage_usdt"],
-        "max_drawdown_pct": s["max_drawdown_pct"],
-        "buy_and_hold_return_pct": s["buy_and_hold_return_pct"],
-        "rule_baseline_return_pct": _pct(rule.get("total_return")),
-        "rule_baseline_trades": rule.get("trades"),
-        # The same number of entries at random bars with the same exits and costs.
-        "random_entries_median_return_pct": _pct(float(np.median(runs)) if runs else None),
-        "random_entries_trials": rand.get("trials"),
-        "random_entries_p_value": (rand.get("p_value") or {}).get("total_return"),
-        "run_s": s["run_s"],
-    }
-
-
 def bench_online_regime() -> Iterator[Result]:
-    from scalpd.config.settings import load_settings
+    from scalpd.bench.online_scoring import matured_losses, replay_line, replay_model
     from scalpd.data.bars import validate
     from scalpd.data.parquet import read_parquet
     from scalpd.logs import configure_logging
     from scalpd.models.device import set_threads
     from scalpd.models.labels import class_frequencies, label_bars
     from scalpd.models.train import TrainParams, train
-    from scalpd.replay.runner import ReplayInput, run_replay
-    from scalpd.store.sqlite import Store
     from scalpd.strategy.model import ModelStrategy, feature_matrix
     from scalpd.utc import parse_utc_ms
 
@@ -116,48 +85,25 @@ def bench_online_regime() -> Iterator[Result]:
             open_time_ms=history.open_time,
         )  # fmt: skip
         train_s = time.perf_counter() - t0
-        results = {}
-        for mode in ("frozen", "online"):
-            settings = load_settings(
-                None,
-                {
-                    "strategy": {
-                        "name": "model",
-                        "model_path": str(artifact.path),
-                        "model_backend": "eager",
-                    },
-                    "online": {"enabled": mode == "online"},
-                    "store": {"path": str(Path(tmp) / f"{mode}.db")},
-                },
+        results = {
+            mode: replay_model(
+                artifact.path, march, f"real data: {path.name}", Path(tmp) / f"{mode}.db",
+                online=mode == "online",
             )
-            store = Store(Path(tmp) / f"{mode}.db")
-            results[mode] = run_replay(
-                settings,
-                ReplayInput([march], f"real data: {path.name}"),
-                store,
-                probabilities="streaming",
-                baselines=True,
-            )
-            store.close()
+            for mode in ("frozen", "online")
+        }  # fmt: skip
         strategy = results["online"].engine._strategy
         assert isinstance(strategy, ModelStrategy) and strategy.online is not None
         online = strategy.online
-        t_ms, online_loss = online.matured_losses(march.symbol)
         approved, rejected = online.counts()[march.symbol]
         # The frozen model, scored on the same bars with the same labels.
-        x_march, _, _ = feature_matrix(march)
-        probs = artifact.predictor("eager").predict_series(x_march, march.open_time).probs
-        labels = label_bars(march, params.label)
-        at = march.open_time.searchsorted(t_ms)
-        assert np.array_equal(march.open_time[at], t_ms) and labels.valid[at].all()
-        y = labels.y[at].astype(np.int64)
-        picked = probs[at[:, None], np.arange(2)[None, :], y]
-        frozen_loss = -np.log(np.maximum(picked, 1e-12)).mean(axis=1)
         prior = class_frequencies(hist_labels.y, hist_labels.valid)
-        base_loss = -np.log(prior[[0, 1], y]).mean(axis=1)
+        t_ms, online_loss, frozen_loss, base_loss = matured_losses(online, artifact, march, prior)
         first_ms = online.lineage[0]["bar_close_ms"] if online.lineage else None
         horizon_ms = params.label.horizon_bars * 60_000
-        before = t_ms < (first_ms - horizon_ms) if first_ms is not None else np.ones_like(at, bool)
+        before = np.ones_like(t_ms, bool)
+        if first_ms is not None:
+            before = t_ms < (first_ms - horizon_ms)
         check = float(np.abs(online_loss[before] - frozen_loss[before]).max(initial=0.0))
         model = (
             f"{KIND} (default size), {params.epochs} epochs, seed {SEED}, on BTC/USDT "
@@ -205,8 +151,8 @@ def bench_online_regime() -> Iterator[Result]:
             "update_every": online.settings.update_every,
             "online_settings": "defaults (never tuned on this data)",
         }
-        yield _replay_line("online_regime_replay_frozen", results["frozen"])
-        yield _replay_line("online_regime_replay_online", results["online"])
+        yield replay_line("online_regime_replay_frozen", results["frozen"])
+        yield replay_line("online_regime_replay_online", results["online"])
     yield {
         "bench": "online_regime_wall_s",
         "value": round(time.perf_counter() - t_start, 1),

@@ -31,6 +31,7 @@ from scalpd.ui.data import (
 from scalpd.ui.widgets import (
     BreakersPanel,
     HealthPanel,
+    LogTailPanel,
     ModelPanel,
     OrdersPanel,
     PnlPanel,
@@ -104,10 +105,45 @@ def fixed_snapshot() -> Snapshot:
         "last_bar": {"BTC/USDT": {"open_time": "2024-01-01T23:59:00Z", "age_s": 0.8}},
         "connection": {"state": "connected", "disconnected_for_s": None, "reconnects": 2},
         "decision_latency_ms": {"bars": 1000, "p50": 1.234, "p99": 4.5},
+        "loop_lag_ms": {"samples": 240, "p50": 0.21, "p99": 3.4, "max": 7.9,
+                        "interval_ms": 250.0},
         "recovery": None,
         "strategy": "model",
         "model": "tcn/20240101-0000",
-    }
+        "model_quality": {
+            "label": {"take_profit_bps": 20.0, "stop_loss_bps": 20.0, "horizon_bars": 15},
+            "window_bars": 500,
+            "symbols": {
+                "BTC/USDT": {
+                    "confidence": 0.6125, "samples": 500, "accuracy": 0.548, "brier": 0.2431,
+                    "ece": 0.031, "base_rate": 0.462,
+                    "calibration": [
+                        {"lo": 0.3, "hi": 0.4, "n": 120, "mean_p": 0.37, "freq": 0.34},
+                        {"lo": 0.4, "hi": 0.5, "n": 210, "mean_p": 0.45, "freq": 0.43},
+                        {"lo": 0.5, "hi": 0.6, "n": 150, "mean_p": 0.54, "freq": 0.58},
+                        {"lo": 0.6, "hi": 0.7, "n": 20, "mean_p": 0.63, "freq": 0.65},
+                    ],
+                    "feature_importance": {
+                        "samples": 240, "base_loss": 0.8123, "complete": True,
+                        "took_ms": 131.0, "bar": "2024-01-01T23:00:00+00:00",
+                        "importance": {"ret_12_5m": 0.0305, "macd_hist_5m": 0.0244,
+                                       "er_20_15m": 0.0196, "rsi_14_15m": 0.0124,
+                                       "ofi_1m": 0.0105, "atr_14_1m": 0.002},
+                    },
+                    "serving": {"champion": 2, "challenger": 3, "share": 0.1,
+                                "previous": None, "anchor": 3},
+                },
+            },
+        },
+        "log_tail": [
+            {"time": "2024-01-01T23:58:00.120Z", "level": "info", "event": "bar",
+             "symbol": "BTC/USDT", "close": 42_251.3},
+            {"time": "2024-01-01T23:58:30.004Z", "level": "warning", "event": "breaker_tripped",
+             "breaker": "consecutive_losses", "reason": "3 losing trades in a row"},
+            {"time": "2024-01-01T23:59:00.118Z", "level": "info", "event": "bar",
+             "symbol": "BTC/USDT", "close": 42_268.1},
+        ],
+    }  # fmt: skip
     models = {
         "run_id": 7,
         "online": True,
@@ -332,6 +368,8 @@ def test_tui_watches_and_steers_a_paper_daemon(tmp_path: Path) -> None:
                 assert "take_profit" in app.query_one(OrdersPanel).plain()
                 assert "equity" in app.query_one(PnlPanel).plain()
                 assert "CONNECTED" in app.query_one(HealthPanel).plain()
+                assert "event-loop lag" in app.query_one(HealthPanel).plain()
+                assert "bar symbol=" in app.query_one(LogTailPanel).plain()
                 assert "running" in app.query_one(RunsPanel).plain()
 
                 # p: paused in the daemon.

@@ -16,6 +16,9 @@
 - a watch on the market-data source: a connection lost for longer than
   `alerts.disconnect_after_s` is alerted once per outage (DISCONNECT), and again, at level info,
   when it is back.
+- what `status` says of the daemon itself (scalpd/live/insight.py): event-loop lag, the log
+  tail, and the served model's confidence, matured accuracy and calibration and permutation
+  feature importance (`model_quality`), fed from `on_bar` after each bar's orders left.
 
 The handlers are thin: each reads or calls the engine's own API (`Engine.pause`, `resume`,
 `flatten`; the model strategy's `prepare_swap`/`swap`), so a command does what the same call
@@ -34,6 +37,7 @@ import structlog
 
 from scalpd.events import Bar, Fill, Order, OrderStatus, OrderUpdate
 from scalpd.execution.ccxt_broker import CcxtBroker
+from scalpd.live.insight import Insight
 from scalpd.models.versions import VersionEvent, VersionRecord
 from scalpd.ops import alerts
 from scalpd.ops.control import ControlError, ControlServer
@@ -72,9 +76,12 @@ class DaemonServices:
         self._outage_alerted: float | None = None  # start (monotonic s) of the outage alerted
         # The online model (strategy/online.py) when the strategy learns; None: it does not.
         self.online: Any = getattr(engine.strategy, "online", None)
+        # Loop lag, log tail, the model's matured quality: for status, off the decision path.
+        self.insight = Insight(engine)
 
     async def start(self) -> None:
         settings = self.settings
+        self.insight.start()
         if settings.metrics.enabled:
             self.metrics = metrics = DaemonMetrics()
             # Orders and fills are counted where the engine journals them; the journal is
@@ -132,6 +139,7 @@ class DaemonServices:
             await self.control.close()
         if self.metrics_server is not None:
             await self.metrics_server.close()
+        await self.insight.close()
 
     # -- from the bar loop ---------------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class DaemonServices:
         if metrics is not None:
             metrics.on_bar(bar.symbol, bar.open_time_ms + 60_000)
             metrics.on_decision(latency_s)
+        self.insight.on_bar(bar)
 
     def record_models(self) -> list[VersionRecord]:
         """The model versions and version events online learning made at the bar just
@@ -239,10 +248,15 @@ class DaemonServices:
                 "reconnects": source.reconnects if source is not None else 0,
             },
             "decision_latency_ms": latency_summary_ms(daemon.decision_latency_s),
+            "loop_lag_ms": self.insight.loop_lag_ms(),
             # What the start took over from earlier runs (live): orders, fills, surprises.
             "recovery": daemon.recovery.summary() if daemon.recovery is not None else None,
             "strategy": getattr(strategy, "name", type(strategy).__name__),
             "model": getattr(strategy, "model", None),
+            # Per symbol: confidence, matured accuracy and calibration, feature importance,
+            # who serves (online learning); None for a rule strategy.
+            "model_quality": self.insight.model_quality(self.online),
+            "log_tail": self.insight.log_tail(),
         }
 
     def pause(self, args: dict[str, Any]) -> dict[str, Any]:

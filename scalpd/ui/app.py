@@ -32,6 +32,7 @@ from scalpd.ui.widgets import (
     EquityChart,
     HealthPanel,
     LimitsPanel,
+    LogTailPanel,
     ModelPanel,
     OrdersPanel,
     Panel,
@@ -169,6 +170,7 @@ class ScalpdApp(App[None]):
                 yield BreakersPanel()
             with VerticalScroll(id="health", classes="screen-body"):
                 yield HealthPanel()
+                yield LogTailPanel()
                 yield DecisionsPanel()
             with VerticalScroll(id="runs", classes="screen-body"):
                 yield RunsPanel()

@@ -303,12 +303,56 @@ class HealthPanel(Panel):
             f"p99 {p99:.2f} ms over {lat.get('bars', 0)} bars" if p99 is not None else "",
         )
         lag = status.get("loop_lag_ms")
-        table.add_row("event-loop lag", f"{lag:.2f} ms" if lag is not None else NA, "")
+        if isinstance(lag, dict):
+            p50, p99, worst = lag.get("p50"), lag.get("p99"), lag.get("max")
+            table.add_row(
+                "event-loop lag",
+                f"p50 {p50:.2f} ms" if p50 is not None else NA,
+                f"p99 {p99:.2f} ms, max {worst:.2f} ms over {lag.get('samples', 0)} wake-ups"
+                if p99 is not None and worst is not None
+                else "",
+            )
+        else:  # a daemon that gives one number, or none
+            table.add_row("event-loop lag", f"{lag:.2f} ms" if lag is not None else NA, "")
         table.add_row("bars processed", str(status.get("bars_processed", NA)), "")
         recovery = status.get("recovery")
         if recovery:
             table.add_row("recovery", "", _flat(recovery))
         return table
+
+
+class LogTailPanel(Panel):
+    """The daemon's latest log lines (its status keeps the last 50; the newest last)."""
+
+    lines = 12
+
+    def draw(self, snap: Snapshot) -> RenderableType:
+        table = _table(
+            "Log tail (daemon; all of it: journalctl -u scalpd)", "time", "level", "line"
+        )
+        time_col, level_col, line_col = table.columns
+        time_col.min_width = time_col.max_width = 8
+        level_col.min_width = level_col.max_width = 7
+        line_col.ratio, line_col.overflow = 1, "ellipsis"
+        status = snap.status
+        tail = status.get("log_tail") if status is not None else None
+        if not isinstance(tail, list) or not tail:
+            table.add_row(NA, "", "not attached" if status is None else "no lines")
+            return table
+        for line in tail[-self.lines :]:
+            level = str(line.get("level", "-"))
+            fields = " ".join(
+                f"{k}={v}" for k, v in line.items() if k not in ("time", "level", "event")
+            )
+            table.add_row(
+                str(line.get("time", "-"))[11:19],
+                Text(level.upper(), style=_LEVEL_STYLE.get(level, "")),
+                f"{line.get('event', '')} {fields}".strip(),
+            )
+        return table
+
+
+_LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "critical": "bold red"}
 
 
 class DecisionsPanel(Panel):
@@ -400,15 +444,17 @@ class ModelPanel(Panel):
         if not serving:
             table.add_row("champion", _flat(online.get("champion", NA)))
             table.add_row("challenger", _flat(online.get("challenger", NA)))
-        for key in ("confidence", "accuracy", "calibration"):
-            value = online.get(key, status.get(key))
-            table.add_row(key, _flat(value) if value is not None else NA)
-        importance = online.get("feature_importance") or status.get("feature_importance")
-        if isinstance(importance, dict) and importance:
-            top = sorted(importance.items(), key=lambda kv: -abs(float(kv[1])))[:8]
-            table.add_row("feature importance", ", ".join(f"{k} {float(v):.3g}" for k, v in top))
+        what, now = table.columns
+        what.min_width = 20  # the longest label ("calibration BTC/USDT"): never cut
+        now.overflow = "ellipsis"
+        quality = status.get("model_quality")
+        symbols = quality.get("symbols") if isinstance(quality, dict) else None
+        if isinstance(symbols, dict) and symbols:
+            for symbol, q in sorted(symbols.items()):
+                _quality_rows(table, symbol, q, (quality or {}).get("label") or {})
         else:
-            table.add_row("feature importance", NA)
+            for key in ("confidence", "accuracy", "calibration", "feature importance"):
+                table.add_row(key, NA)
         versions = models.get("versions") or []
         if not versions:
             return table
@@ -471,6 +517,41 @@ def plain(renderable: RenderableType, width: int = 200) -> str:
 def _status_text(status: str) -> Text:
     style = {"completed": "green", "running": "cyan", "failed": "bold red"}.get(status, "yellow")
     return Text(status, style=style)
+
+
+def _quality_rows(table: Table, symbol: str, q: dict[str, Any], label: dict[str, Any]) -> None:
+    """One symbol's served-model quality: confidence now, then what its matured labels say."""
+    p = q.get("confidence")
+    table.add_row(f"confidence {symbol}", f"P(take-profit first) {p:.3f}" if p is not None else NA)
+    n = q.get("samples") or 0
+    horizon = label.get("horizon_bars")
+    if not n:
+        matured = f"after {horizon} bars" if horizon else "later"
+        table.add_row(f"accuracy {symbol}", f"{NA}: no matured prediction yet (labels {matured})")
+    else:
+        table.add_row(
+            f"accuracy {symbol}",
+            f"{q['accuracy']:.1%} right side of 0.5 over {n} matured bars "
+            f"(take-profit first in {q['base_rate']:.1%})",
+        )
+        table.add_row(
+            f"calibration {symbol}",
+            f"Brier {q['brier']:.3f}, ECE {q['ece']:.3f}; predicted -> seen (bars): "
+            + ", ".join(
+                f"{b['mean_p']:.2f}->{b['freq']:.2f} ({b['n']})" for b in q.get("calibration") or []
+            ),
+        )
+    found = q.get("feature_importance")
+    ranked = found.get("importance") if isinstance(found, dict) else None
+    if ranked:
+        top = list(ranked.items())[:5]
+        table.add_row(
+            f"importance {symbol}",
+            ", ".join(f"{k} {float(v):+.3f}" for k, v in top)
+            + f" (log-loss up, nats, {found.get('samples')} bars)",
+        )
+    else:
+        table.add_row(f"importance {symbol}", f"{NA}: not computed yet")
 
 
 def _flat(value: Any) -> str:

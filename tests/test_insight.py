@@ -17,6 +17,7 @@ import structlog
 
 from scalpd.data.synthetic import generate
 from scalpd.events import BAR_INTERVAL_MS, Bar
+from scalpd.live import insight
 from scalpd.live.insight import (
     LagWindow,
     LogRing,
@@ -214,7 +215,10 @@ def test_status_carries_the_served_models_quality(
     tiny_model: Path,  # noqa: F811
     tmp_path: Path,
     online: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Importance at once here, not ten minutes of wall time after the start.
+    monkeypatch.setattr(insight, "IMPORTANCE_EVERY_S", 0.0)
     from scalpd.config.settings import load_settings
     from scalpd.fakex.testing import exchange_section
     from tests.test_model_versions import API_KEY, API_SECRET, ONLINE, SYMBOL

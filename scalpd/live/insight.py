@@ -16,7 +16,8 @@ terminal UI's health and model panels). Nothing here runs inside a bar's decisio
   online one: both expose `last_probability` (online, the window spans the versions that
   served; a reload-model starts it afresh).
 - permutation feature importance (`permutation_importance`, pure): every
-  `IMPORTANCE_EVERY_BARS` bars of a symbol, on its last `IMPORTANCE_SAMPLES` matured bars, how
+  `IMPORTANCE_EVERY_BARS` bars of a symbol and at most once per `IMPORTANCE_EVERY_S` of wall
+  time, on its last `IMPORTANCE_SAMPLES` matured bars, how
   much the served model's log-loss (nats, mean of both sides' three classes, as training's)
   grows when one input column is shuffled in time (seeded). A sequence model reads each bar's
   context, so the rows before the first scored bar are kept too, and the whole span is
@@ -62,6 +63,10 @@ STATUS_LOG_LINES = 50
 QUALITY_BARS = 500
 CALIBRATION_BINS = 10
 IMPORTANCE_EVERY_BARS = 60  # per symbol
+# Seconds of wall time between two runs for a symbol, the first this long after the start: a
+# run costs its thread up to IMPORTANCE_BUDGET_S of CPU beside the loop, a few per thousand
+# of the time at this spacing.
+IMPORTANCE_EVERY_S = 600.0
 IMPORTANCE_SAMPLES = 240
 IMPORTANCE_BUDGET_S = 2.0  # a run stops between columns past this (marked incomplete)
 IMPORTANCE_SEED = 0
@@ -522,6 +527,8 @@ class Insight:
         self._importance: asyncio.Task[None] | None = None
         self._model = getattr(strategy, "model", None)
         self._runs: dict[str, int] = {}  # importance runs per symbol
+        self._started_s = time.monotonic()
+        self._importance_at: dict[str, float] = {}  # monotonic s of each symbol's last run
         # One thread of its own, at a lower scheduling priority: where it competes with the
         # event loop for a core, the loop (the decisions) wins.
         self._executor = ThreadPoolExecutor(
@@ -586,7 +593,13 @@ class Insight:
                 except Exception:  # noqa: BLE001 - no row: importance skips the bar
                     row = None
         quality.on_bar(bar, p, row)
-        if (self._importance is None or self._importance.done()) and quality.importance_due(symbol):
+        now_s = time.monotonic()
+        if (
+            (self._importance is None or self._importance.done())
+            and now_s - self._importance_at.get(symbol, self._started_s) >= IMPORTANCE_EVERY_S
+            and quality.importance_due(symbol)
+        ):
+            self._importance_at[symbol] = now_s
             predictor = served_predictor(self.strategy, symbol)
             if predictor is not None:
                 # The inputs are copied now; the worker thread reads nothing the loop changes.

@@ -249,6 +249,25 @@ def test_screens_snapshot(snap_compare, size: tuple[int, int], key: str) -> None
     assert snap_compare(_static_app(), press=[key], terminal_size=size, run_before=_loaded)
 
 
+def test_every_screen_survives_resizing() -> None:
+    """Large, then 80x24, then large again, on each screen: the app keeps drawing (the
+    snapshots show each size's layout)."""
+
+    async def scenario() -> None:
+        app = _static_app()
+        async with app.run_test(size=(160, 48)) as pilot:
+            await _loaded(pilot)
+            for key in ("1", "2", "3", "4", "5"):
+                await pilot.press(key)
+                for size in ((80, 24), (100, 30), (160, 48)):
+                    await pilot.resize_terminal(*size)
+                    await pilot.pause()
+                    line = _state_text(app)  # the fixed data's state, and the screen shown
+                    assert app.size == size and "HALTED" in line and f"[{key} " in line
+
+    asyncio.run(scenario())
+
+
 def test_help_snapshot(snap_compare) -> None:
     assert snap_compare(_static_app(), press=["question_mark"], run_before=_loaded)
 
@@ -292,6 +311,12 @@ def garbage_socket(path: Path):
         stop.set()
         thread.join(5)
         server.close()
+
+
+def _state_text(app: ScalpdApp) -> str:
+    from scalpd.ui.widgets import StateLine
+
+    return str(app.query_one(StateLine).render())
 
 
 def _banner_text(app: ScalpdApp) -> str:

@@ -219,24 +219,12 @@ def test_status_carries_the_served_models_quality(
 ) -> None:
     # Importance at once here, not ten minutes of wall time after the start.
     monkeypatch.setattr(insight, "IMPORTANCE_EVERY_S", 0.0)
-    from scalpd.config.settings import load_settings
-    from scalpd.fakex.testing import exchange_section
-    from tests.test_model_versions import API_KEY, API_SECRET, ONLINE, SYMBOL
+    from tests.test_model_versions import ONLINE, SYMBOL, model_daemon_settings
 
     def settings(fx):
-        return load_settings(
-            None,
-            {
-                "exchange": exchange_section(fx, API_KEY, API_SECRET),
-                "symbols": {"trade": [SYMBOL]},
-                "strategy": {"name": "model", "model_path": str(tiny_model),
-                             "model_backend": "eager"},
-                # Daily rounds: none in these bars, the trained weights serve throughout.
-                "online": {**ONLINE, "update_every": "day"} if online else {"enabled": False},
-                "store": {"path": str(tmp_path / "q.db")},
-                "logging": {"level": "warning"},
-            },
-        )  # fmt: skip
+        # Daily rounds: none in these bars, the trained weights serve throughout.
+        online_section = {**ONLINE, "update_every": "day"} if online else {"enabled": False}
+        return model_daemon_settings(fx, tiny_model, tmp_path / "q.db", online_section)
 
     # Past the features' ~1,064-bar warm-up: predictions, then their labels 15 bars later.
     bars = generate(days=0.85, seed=3, start="2024-01-01T00:00:00Z")

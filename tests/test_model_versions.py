@@ -296,6 +296,25 @@ async def _paper_daemon(
         await fx.stop()
 
 
+def model_daemon_settings(
+    fx: FakeExchange, model: Path, db: Path, online: dict[str, Any], **sections: Any
+) -> Any:
+    """A paper daemon's settings trading SYMBOL on `fx` with the model strategy (eager) and
+    `online` as its [online] section; `sections` adds or replaces sections."""
+    return load_settings(
+        None,
+        {
+            "exchange": exchange_section(fx, API_KEY, API_SECRET),
+            "symbols": {"trade": [SYMBOL]},
+            "strategy": {"name": "model", "model_path": str(model), "model_backend": "eager"},
+            "online": online,
+            "store": {"path": str(db)},
+            "logging": {"level": "warning"},
+            **sections,
+        },
+    )
+
+
 def test_ctl_restores_a_stored_version_between_bars_and_alerts(
     tiny_model: Path, tmp_path: Path, endpoint: Any, capsys: pytest.CaptureFixture
 ) -> None:
@@ -316,20 +335,9 @@ def test_ctl_restores_a_stored_version_between_bars_and_alerts(
     store.close()
 
     def settings(fx: FakeExchange) -> Any:
-        return load_settings(
-            None,
-            {
-                "exchange": exchange_section(fx, API_KEY, API_SECRET),
-                "symbols": {"trade": [SYMBOL]},
-                "strategy": {"name": "model", "model_path": str(tiny_model),
-                             "model_backend": "eager"},
-                # No round in the few bars stepped: only the restore changes the weights.
-                "online": {**ONLINE, "update_every": "day"},
-                "store": {"path": str(db)},
-                "alerts": {"urls": [endpoint.url()]},
-                "logging": {"level": "warning"},
-            },
-        )  # fmt: skip
+        # No round in the few bars stepped: only the restore changes the weights.
+        online = {**ONLINE, "update_every": "day"}
+        return model_daemon_settings(fx, tiny_model, db, online, alerts={"urls": [endpoint.url()]})
 
     async def scenario() -> tuple[int, list[Any]]:
         async with _paper_daemon(settings) as (daemon, _fx, step):
@@ -426,18 +434,7 @@ def test_a_paper_daemon_trains_its_rounds_off_the_event_loop(
     db = tmp_path / "r.db"
 
     def settings(fx: FakeExchange) -> Any:
-        return load_settings(
-            None,
-            {
-                "exchange": exchange_section(fx, API_KEY, API_SECRET),
-                "symbols": {"trade": [SYMBOL]},
-                "strategy": {"name": "model", "model_path": str(tiny_model),
-                             "model_backend": "eager"},
-                "online": ONLINE,
-                "store": {"path": str(db)},
-                "logging": {"level": "warning"},
-            },
-        )  # fmt: skip
+        return model_daemon_settings(fx, tiny_model, db, ONLINE)
 
     # The features' longest warm-up is ~1,064 bars: the learner trains on finite rows only.
     bars = generate(days=0.85, seed=3, start="2024-01-01T00:00:00Z")

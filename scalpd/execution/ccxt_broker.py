@@ -220,24 +220,12 @@ class CcxtBroker:
             return
         for client_id, execution in list(self.working_entries.items()):
             if execution.order.symbol == symbol:
-                await self._poll_entry(client_id, execution)
+                (info,) = await self._learn([execution], reached=True)
+                if info is not None:
+                    await self._on_entry_status(client_id, execution, info)
         bracket = self.brackets.get(symbol)
         if bracket is not None:
-            await self._poll_bracket(symbol, bracket)
-
-    async def _poll_entry(self, client_id: str, execution: _Execution) -> None:
-        info = await self._poll(execution.order)
-        if info is not None:
-            await self._on_entry_status(client_id, execution, info)
-
-    async def _poll_bracket(self, symbol: str, bracket: LiveBracket) -> None:
-        legs = [
-            leg for leg in (bracket.stop_loss, bracket.take_profit)
-            if leg.client_id not in bracket.done
-        ]  # fmt: skip
-        # Both legs asked at once: one round trip on the decision path, not two.
-        answers = await asyncio.gather(*(self._poll(leg) for leg in legs))
-        await self._on_leg_answers(symbol, bracket, legs, answers)
+            await self._sync_bracket(symbol, bracket, reached=True)
 
     async def _sync_bracket(self, symbol: str, bracket: LiveBracket, reached: bool) -> None:
         legs = [
@@ -245,17 +233,8 @@ class CcxtBroker:
             if leg.client_id not in bracket.done
         ]  # fmt: skip
         executions = [self._executions.setdefault(leg.client_id, _Execution(leg)) for leg in legs]
+        # What the stream says, else both legs asked at once: one round trip, not two.
         answers = await self._learn(executions, reached)
-        if any(info is not None for info in answers):
-            await self._on_leg_answers(symbol, bracket, legs, answers)
-
-    async def _on_leg_answers(
-        self,
-        symbol: str,
-        bracket: LiveBracket,
-        legs: list[Order],
-        answers: Sequence[dict[str, Any] | None],
-    ) -> None:
         for leg, info in zip(legs, answers, strict=True):
             if info is None:
                 continue
@@ -383,10 +362,6 @@ class CcxtBroker:
         if client is not None:
             client.reset(ccxt.NetworkError("user-data stream restarted"))
             await client.close()
-
-    def queued(self) -> int:
-        """Orders and cancels waiting for `flush()`."""
-        return len(self._outbox)
 
     def has_unbooked_fills(self) -> bool:
         """Fills learnt from the exchange that the engine has not booked (journaled) yet."""

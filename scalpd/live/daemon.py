@@ -149,8 +149,7 @@ class Daemon:
         self._sending: asyncio.Task[None] | None = None
         self._sending_for: dict[str, asyncio.Task[None]] = {}
         self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
-        self._online: Any = None  # the model strategy's online learning, when on
-        self.rounds: RoundRunner | None = None
+        self.rounds: RoundRunner | None = None  # online learning's rounds, when it is on
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -259,9 +258,8 @@ class Daemon:
             self.services = DaemonServices(self, engine, broker)
             await self.services.start()
             online = getattr(engine.strategy, "online", None)
-            if online is not None:  # its rounds run in a worker thread (live/learning.py)
+            if online is not None:  # its rounds run in a worker process (live/learning.py)
                 online.defer_rounds()
-                self._online = online
                 self.rounds = RoundRunner(online, self.bar_lock, self._record_models)
                 self.rounds.start()
             log.info("daemon_started", mode=self.mode, run_id=self.run_id, symbols=symbols)
@@ -332,6 +330,7 @@ class Daemon:
         # Other threads (alerts, online learning's hand-offs, SQLite reads) hold the
         # interpreter lock at most this long before the loop gets it back (Python's 5 ms
         # default would be the decision latency's tail).
+        switch_interval_s = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         source.start()
         try:
@@ -391,6 +390,7 @@ class Daemon:
             if self._sending is not None and not self._sending.done():
                 self._sending.cancel()
                 await asyncio.gather(self._sending, return_exceptions=True)
+            sys.setswitchinterval(switch_interval_s)
             await source.close()
 
     async def _recover(
@@ -461,10 +461,8 @@ class Daemon:
             end_ns = exchange.first_order_sent_ns or end_ns
         latency_s = (end_ns - decided.received_ns) / 1e9
         self.decision_latency_s.append(latency_s)
-        if self._online is not None and self.rounds is not None:
-            # Online learning's share of the bar, now that its orders are out.
-            self._online.settle(bar.symbol)
-            self.rounds.poke()
+        if self.rounds is not None:  # online learning's share of the bar, its orders out
+            self.rounds.after_bar(bar.symbol)
         if live_broker is not None:
             await self._check_resting(live_broker, bar.symbol)
         if self.services is not None:

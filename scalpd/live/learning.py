@@ -44,6 +44,9 @@ class RoundJob(Protocol):
 
 
 class OnlineLearning(Protocol):
+    def settle(self, symbol: str) -> None:
+        """The learning that follows a decision on `symbol` (on the loop)."""
+
     def due_rounds(self) -> list[str]:
         """Symbols whose round is due, oldest first."""
 
@@ -98,8 +101,14 @@ class RoundRunner:
             self._pool = ProcessPoolExecutor(1, context, initializer=_worker_start)
             self._pool.submit(_ready)
 
+    def after_bar(self, symbol: str) -> None:
+        """After a bar of `symbol` was sent and accounted for: the learning that follows its
+        decision (`settle`), then the next due round if none is running."""
+        self._online.settle(symbol)
+        self.poke()
+
     def poke(self) -> None:
-        """Start the next due round unless one is running (called after each bar)."""
+        """Start the next due round unless one is running."""
         if self._task is not None and not self._task.done():
             return
         due = self._online.due_rounds()

@@ -241,7 +241,7 @@ def test_a_worse_challenger_never_decides_and_is_rolled_back(market: dict) -> No
 
 def test_restore_serves_the_weights_from_the_next_bar(market: dict) -> None:
     bars, symbol = market["bars"], market["bars"][0].symbol
-    online = _online(market, guard_margin_nats=1.0)
+    online = _online(market, guard_margin_nats=1.0, replay_weights=True)
     _feed(online, bars[:ROUND_AT])
     online.request_round(symbol)
     _feed(online, bars[ROUND_AT : ROUND_AT + 1])

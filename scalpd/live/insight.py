@@ -53,6 +53,7 @@ import numpy as np
 import structlog
 
 from scalpd.events import BAR_INTERVAL_MS, Bar
+from scalpd.models.labels import TAKE_PROFIT, LabelParams, matured_label
 
 log = structlog.get_logger("scalpd.live.insight")
 
@@ -72,8 +73,6 @@ IMPORTANCE_BUDGET_S = 2.0  # a run stops between columns past this (marked incom
 IMPORTANCE_SEED = 0
 IMPORTANCE_NICE = 10  # the worker thread's nice value (lower priority than the loop)
 STATUS_TOP_FEATURES = 10
-
-TAKE_PROFIT, STOP_LOSS, TIMEOUT = 0, 1, 2  # as scalpd/models/labels.py
 
 
 # -- event-loop lag ----------------------------------------------------------------------------
@@ -225,27 +224,12 @@ def barrier_outcome(
     stop_loss_bps: float,
 ) -> tuple[int, int]:
     """(long, short) class of a trade opened at `close`, from the later bars' (high, low), in
-    order: take-profit, stop-loss (also when one bar touches both) or timeout; the rule of
-    scalpd/models/labels.triple_barrier for one bar."""
-    long_tp, long_sl = close * (1.0 + take_profit_bps / 1e4), close * (1.0 - stop_loss_bps / 1e4)
-    short_tp = close * (1.0 - take_profit_bps / 1e4)
-    short_sl = close * (1.0 + stop_loss_bps / 1e4)
-    long_class = short_class = TIMEOUT
-    long_open = short_open = True
-    for high, low in later:
-        if long_open:
-            if low <= long_sl:
-                long_class, long_open = STOP_LOSS, False
-            elif high >= long_tp:
-                long_class, long_open = TAKE_PROFIT, False
-        if short_open:
-            if high >= short_sl:
-                short_class, short_open = STOP_LOSS, False
-            elif low <= short_tp:
-                short_class, short_open = TAKE_PROFIT, False
-        if not (long_open or short_open):
-            break
-    return long_class, short_class
+    order (`labels.matured_label`, the training labels' rule for one bar)."""
+    highs = np.fromiter((h for h, _ in later), float, len(later))
+    lows = np.fromiter((low for _, low in later), float, len(later))
+    params = LabelParams(take_profit_bps, stop_loss_bps, len(later))
+    long_class, short_class = matured_label(close, highs, lows, params)
+    return int(long_class), int(short_class)
 
 
 def quality(
@@ -472,14 +456,6 @@ def top(importance: dict[str, float], n: int = STATUS_TOP_FEATURES) -> dict[str,
 # -- reading the model strategy ----------------------------------------------------------------
 
 
-def model_inputs_index() -> tuple[list[str], np.ndarray]:
-    """The model's input names and their columns in the feature engine's vector."""
-    from scalpd.features.spec import FEATURE_NAMES
-    from scalpd.strategy.model import MODEL_INPUTS
-
-    return list(MODEL_INPUTS), np.array([FEATURE_NAMES.index(n) for n in MODEL_INPUTS])
-
-
 def served_predictor(strategy: Any, symbol: str) -> Any:
     """The predictor serving `symbol` (the online champion, or the frozen model's), or None.
     The strategy has no public accessor for it: read from its parts, defensively. Only its
@@ -536,7 +512,9 @@ class Insight:
         )
         label = label_of(strategy) if hasattr(strategy, "last_probability") else None
         if label is not None:
-            self._names, self._index = model_inputs_index()
+            from scalpd.strategy.model import MODEL_INPUT_INDEX, MODEL_INPUTS
+
+            self._names, self._index = list(MODEL_INPUTS), MODEL_INPUT_INDEX
             self._features = feature_engine(strategy)
             self.quality = ModelQuality(*label, context_bars=self._context_bars())
 

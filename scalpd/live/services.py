@@ -154,10 +154,9 @@ class DaemonServices:
         """The model versions and version events online learning made at the bar just
         decided, into the journal (committed with the bar's records by the caller); each
         promotion, rollback and restore alerted. Returns them."""
-        take = getattr(self.online, "take_records", None)
-        if take is None:
+        if self.online is None:
             return []
-        records = take()
+        records = self.online.take_records()
         if records:
             self._journal_models(records)
         return records
@@ -352,9 +351,6 @@ class DaemonServices:
                 "restore-model needs online learning: the model strategy with online.enabled "
                 "= true (and a restart to turn it on)"
             )
-        restore = getattr(online, "restore", None)
-        if restore is None:
-            raise ValueError("this build's online model cannot restore a version")
         symbol = str(args.get("symbol") or "")
         symbols = sorted(online.counts())
         if symbol not in symbols:
@@ -377,18 +373,9 @@ class DaemonServices:
                 raise ValueError(f"{exc}; `scalpd ctl models` lists them") from None
         async with self.daemon.bar_lock:
             time_ms = self._now_ms()
-            restore(symbol, version, weights, time_ms)
-            records = self.record_models()
-            if not any(
-                isinstance(r, VersionEvent) and r.kind == "restored" and r.symbol == symbol
-                for r in records
-            ):
-                # The online model did not say it: the store must, or the lineage lies.
-                reason = f"restored by the operator from run {run_id}"
-                event = VersionEvent(symbol, model, version, "restored", time_ms, reason)
-                self._journal_models([event])
+            online.restore(symbol, version, weights, time_ms)  # it records a "restored"
+            self.record_models()
             self.daemon.commit()
-        log.warning("model_restored", symbol=symbol, model=model, version=version, run=run_id)
         return {
             "symbol": symbol,
             "model": model,

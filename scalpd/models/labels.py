@@ -20,6 +20,7 @@ import numpy as np
 
 from scalpd.data.bars import BarColumns
 from scalpd.events import BAR_INTERVAL_MS
+from scalpd.models.errors import ModelError
 
 TAKE_PROFIT, STOP_LOSS, TIMEOUT = 0, 1, 2
 CLASS_NAMES = ("take_profit", "stop_loss", "timeout")
@@ -117,4 +118,32 @@ def class_frequencies(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if len(rows):
         for side in range(2):
             out[side] = np.bincount(rows[:, side].astype(np.int64), minlength=3)[:3] / len(rows)
+    return out
+
+
+def matured_label(
+    entry_close: float, high: np.ndarray, low: np.ndarray, params: LabelParams
+) -> np.ndarray:
+    """The triple-barrier classes [long, short] of a trade opened at `entry_close`, from the
+    highs and lows of the `horizon_bars` bars after it (labels.triple_barrier's rule for one
+    bar, with a tie going to the stop; that function is the reference the tests hold it to).
+    It costs a few vector operations a bar, where triple_barrier over a window costs ~4H."""
+    h = params.horizon_bars
+    if len(high) != h or len(low) != h:
+        raise ModelError(f"a matured label needs the {h} bars after its bar, got {len(high)}")
+    tp, sl = params.take_profit_bps / 1e4, params.stop_loss_bps / 1e4
+    out = np.empty(2, dtype=np.int64)
+    sides = (
+        (high >= entry_close * (1.0 + tp), low <= entry_close * (1.0 - sl)),  # long
+        (low <= entry_close * (1.0 - tp), high >= entry_close * (1.0 + sl)),  # short
+    )
+    for side, (take_hit, stop_hit) in enumerate(sides):
+        take_at = int(take_hit.argmax()) if take_hit.any() else h
+        stop_at = int(stop_hit.argmax()) if stop_hit.any() else h
+        if stop_at < h and stop_at <= take_at:
+            out[side] = STOP_LOSS
+        elif take_at < h:
+            out[side] = TAKE_PROFIT
+        else:
+            out[side] = TIMEOUT
     return out

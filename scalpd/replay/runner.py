@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,6 @@ from scalpd.engine.engine import Engine, EquityCurve
 from scalpd.engine.ports import SimClock
 from scalpd.execution.sim import SimBroker
 from scalpd.execution.ticktape import TickTape, load_tape
-from scalpd.models.versions import ModelVersion
 from scalpd.replay.capital import check_capital
 from scalpd.replay.report import build_report
 from scalpd.replay.source import ReplaySource
@@ -207,7 +206,7 @@ def run_replay(
         )
         # The baselines copy this untouched broker, so they pay exactly the run's costs.
         pristine_broker = copy.deepcopy(broker)
-        drive(engine, source, journal, keep_weights=settings.online.replay_weights)
+        drive(engine, source, journal)
         run_s = time.perf_counter() - t0
         engine.finish(source.last_close_time_ms)
         journal.flush()
@@ -282,17 +281,10 @@ def _rejected_orders(store: Store, run_id: int) -> int:
     return int(row[0])
 
 
-def drive(
-    engine: Engine,
-    source: ReplaySource,
-    journal: SqliteJournal | None = None,
-    *,
-    keep_weights: bool = False,
-) -> None:
+def drive(engine: Engine, source: ReplaySource, journal: SqliteJournal | None = None) -> None:
     """The replay loop: the engine's per-event code, called synchronously over each batch.
     With a journal, the model versions online learning made at a bar (and their events) are
-    recorded after it, as the daemon does; their weights only with `keep_weights`
-    (`online.replay_weights`: a year of hourly versions would be gigabytes)."""
+    recorded after it, as the daemon does."""
     on_bar = engine.on_bar
     online = getattr(engine.strategy, "online", None)
     take = getattr(online, "take_records", None) if journal is not None else None
@@ -307,6 +299,4 @@ def drive(
         for bar in bars:
             on_bar(bar)
             for item in take():
-                if not keep_weights and isinstance(item, ModelVersion):
-                    item = replace(item, weights=None)
                 record(item)

@@ -52,7 +52,7 @@ from scalpd.strategy.online import OnlineModel
 MODEL_INPUTS: tuple[str, ...] = tuple(
     spec.name for spec in feature_specs() if spec.group not in ("tick", "cross")
 )
-_INPUT_INDEX = np.array([FEATURE_NAMES.index(name) for name in MODEL_INPUTS])
+MODEL_INPUT_INDEX = np.array([FEATURE_NAMES.index(name) for name in MODEL_INPUTS])
 MODEL_INPUTS_ID = (
     "mi-"
     + hashlib.sha256((FEATURE_SET_ID + "|" + ",".join(MODEL_INPUTS)).encode()).hexdigest()[:16]
@@ -99,7 +99,7 @@ class StreamingProbabilities:
     def on_bar(self, bar: Bar) -> float | None:
         if not self._features.on_bar(bar):
             return None  # refused bar (bad or out of order): counted by the engine
-        x = self._features.vector(bar.symbol)[_INPUT_INDEX]
+        x = self._features.vector(bar.symbol)[MODEL_INPUT_INDEX]
         probs = self._predictors[bar.symbol].predict_step(x)
         return float(probs[_LONG, _TAKE_PROFIT]) if probs is not None else float("nan")
 
@@ -205,7 +205,7 @@ class ModelStrategy:
             if replay_bars is not None:
                 raise ModelError("online learning needs streaming probabilities, not precomputed")
             self.online = OnlineModel(
-                artifact, symbols.trade, online, LabelParams(*self._label), _INPUT_INDEX,
+                artifact, symbols.trade, online, LabelParams(*self._label), MODEL_INPUT_INDEX,
                 (_LONG, _TAKE_PROFIT),
             )  # fmt: skip
             self.probabilities = self.online
@@ -290,4 +290,4 @@ def feature_matrix(bars: BarColumns) -> tuple[np.ndarray, list[str], str]:
     """Training's inputs: the batch twin of what the strategy above computes bar by bar
     (`scalpd train` uses it)."""
     matrix = compute(bars)
-    return matrix.values[:, _INPUT_INDEX], list(MODEL_INPUTS), MODEL_INPUTS_ID
+    return matrix.values[:, MODEL_INPUT_INDEX], list(MODEL_INPUTS), MODEL_INPUTS_ID

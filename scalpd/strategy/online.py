@@ -186,19 +186,7 @@ class RoundJob:
 
     def predictor_for(self, candidate: Candidate) -> Predictor:
         """An approved candidate's predictor, fed the job's context rows (a worker thread)."""
-        predictor = OnlineModel._predictor(candidate.net)
-        if self.context:
-            predictor.feed(np.asarray(self.context))
-        return predictor
-
-    def run(self) -> RoundResult | None:
-        """`train`, then the predictor of an approved candidate: the whole round in one call."""
-        trained = self.train()
-        if trained is None:
-            return None
-        candidate, weights = trained
-        predictor = self.predictor_for(candidate) if candidate.verdict.accept else None
-        return RoundResult(candidate, predictor, weights)
+        return OnlineModel._rebuilt(candidate.net, self.context)
 
 
 class OnlineModel:
@@ -212,8 +200,6 @@ class OnlineModel:
         label: LabelParams,
         input_index: np.ndarray,
         long_tp: tuple[int, int],
-        *,
-        live: bool = False,
     ) -> None:
         net = artifact.net
         if not isinstance(net, SeqNet):
@@ -225,7 +211,7 @@ class OnlineModel:
         self.model = f"{artifact.name}/{artifact.version}"
         self._features = FeatureEngine(symbols)
         self._index, self._long_tp, self._label = input_index, long_tp, label
-        self._budget_ms = settings.budget_ms if live else None
+        self._budget_ms: float | None = None  # replay counts steps only; see defer_rounds
         self._lr = VolatilityLr.from_settings(settings)
         self._decay = 1.0 - 2.0 ** (-1.0 / settings.lr_vol_halflife_bars)
         params = OnlineParams.from_settings(settings)
@@ -487,7 +473,7 @@ class OnlineModel:
 
     def defer_rounds(self) -> None:
         """From now on a due round is only noted (`due_rounds`), for a runner that computes
-        it in a worker thread (`prepare_round`, `RoundJob.run`) and hands the candidate back
+        it in a worker process (`prepare_round`, `RoundJob.train`) and hands the candidate back
         between bars (`finish_round`); `online.budget_ms` bounds each."""
         self._deferred = True
         self._budget_ms = self.settings.budget_ms
@@ -591,7 +577,7 @@ class OnlineModel:
         net = candidate.net
         self._records.append(
             ModelVersion(
-                symbol, self.model, version, parent, close_ms, weights or _weights(net), metrics
+                symbol, self.model, version, parent, close_ms, weights or self._kept(net), metrics
             )
         )
         # A newer version of a live challenger line takes its place and its evidence.
@@ -601,11 +587,18 @@ class OnlineModel:
         self._event(symbol, version, "challenger", close_ms, candidate.verdict.reason)
         log.info("online_challenger", share=m.trial.share, **record)
 
-    def _rebuilt(self, net: SeqNet, context: deque[np.ndarray]) -> Predictor:
-        predictor = self._predictor(net)
+    @staticmethod
+    def _rebuilt(net: SeqNet, context: Sequence[np.ndarray]) -> Predictor:
+        predictor = OnlineModel._predictor(net)
         if context:  # the same rows, in order: the new weights' state at this bar
             predictor.feed(np.asarray(context))
         return predictor
+
+    def _kept(self, net: SeqNet) -> bytes | None:
+        """A version's weights as its record keeps them: always in the daemon (its rounds
+        are deferred), in a replay only with `online.replay_weights` (else not serialized at
+        all: a year of hourly versions would be gigabytes)."""
+        return _weights(net) if self._deferred or self.settings.replay_weights else None
 
     # -- versions in and out -------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ def matured_losses(online: Any, artifact: Any, bars: Any, prior: np.ndarray) -> 
     series prediction equals what a frozen replay streams (to 1e-5) and is scored against the
     same triple-barrier labels, computed from `bars` alone: a label exists only where its whole
     horizon lies inside them, as it does for the online model (no look-ahead)."""
-    from scalpd.models.labels import LabelParams, label_bars
+    from scalpd.models.labels import LabelParams, label_bars, log_loss_rows
     from scalpd.strategy.model import feature_matrix
 
     t_ms, online_loss = online.matured_losses(bars.symbol)
@@ -81,8 +81,7 @@ def matured_losses(online: Any, artifact: Any, bars: Any, prior: np.ndarray) -> 
     at = bars.open_time.searchsorted(t_ms)
     assert np.array_equal(bars.open_time[at], t_ms) and labels.valid[at].all()
     y = labels.y[at].astype(np.int64)
-    picked = probs[at[:, None], np.arange(2)[None, :], y]
-    frozen = -np.log(np.maximum(picked, 1e-12)).mean(axis=1)
+    frozen = log_loss_rows(probs[at], y)
     base = -np.log(prior[[0, 1], y]).mean(axis=1)
     return MaturedLosses(t_ms, online_loss, frozen, base)
 

@@ -53,7 +53,7 @@ import numpy as np
 import structlog
 
 from scalpd.events import BAR_INTERVAL_MS, Bar
-from scalpd.models.labels import TAKE_PROFIT, LabelParams, matured_label
+from scalpd.models.labels import TAKE_PROFIT, LabelParams, log_loss_rows, matured_label
 
 log = structlog.get_logger("scalpd.live.insight")
 
@@ -394,13 +394,6 @@ class ModelQuality:
     def importance(self, symbol: str) -> dict[str, Any] | None:
         q = self._symbols.get(symbol)
         return None if q is None else q.importance
-
-
-def log_loss_rows(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row: nats of the classes that happened, the mean of both sides. probs [T, 2, 3],
-    y [T, 2]."""
-    picked = np.take_along_axis(probs, y[:, :, None], axis=2)[:, :, 0]
-    return -np.log(np.maximum(picked, 1e-12)).mean(axis=1)
 
 
 def permutation_importance(

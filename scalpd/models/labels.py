@@ -147,3 +147,10 @@ def matured_label(
         else:
             out[side] = TIMEOUT
     return out
+
+
+def log_loss_rows(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row: nats of the classes that happened, the mean of both sides. probs [T, 2, 3],
+    y [T, 2]."""
+    picked = np.take_along_axis(probs, y[:, :, None], axis=2)[:, :, 0]
+    return -np.log(np.maximum(picked, 1e-12)).mean(axis=1)

@@ -63,7 +63,7 @@ from scalpd.models.artifact import ModelArtifact
 from scalpd.models.backends import Predictor, make_predictor
 from scalpd.models.challenger import Trial, challenger_decides
 from scalpd.models.errors import ModelError
-from scalpd.models.labels import LabelParams
+from scalpd.models.labels import LabelParams, log_loss_rows
 from scalpd.models.nets import SeqNet
 from scalpd.models.online import Candidate, OnlineLearner, OnlineParams, VolatilityLr
 from scalpd.models.versions import ModelVersion, VersionEvent, VersionEventKind, VersionRecord
@@ -139,9 +139,8 @@ class _SymbolModel:
 
 
 def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Nats, averaged over both sides (long, short)."""
-    picked = probs[np.arange(2), y]
-    return float(-np.log(np.maximum(picked, 1e-12)).mean())
+    """Nats, averaged over both sides (long, short), of one bar's prediction."""
+    return float(log_loss_rows(probs[None], y[None])[0])
 
 
 def _weights(net: SeqNet) -> bytes:

@@ -385,27 +385,28 @@ class Store:
         champion's rollback, the one its promotion replaced)."""
         rows = list(
             self.db.query(
-                "SELECT v.run_id, v.symbol, v.model, v.version, v.parent, v.created_ms, "
-                "v.weights IS NOT NULL AS has_weights, v.metrics_json, e.kind AS state, "
-                "e.time_ms AS state_ms, e.reason FROM model_versions v "
-                "LEFT JOIN model_events e ON e.id = (SELECT max(x.id) FROM model_events x "
-                " WHERE x.run_id = v.run_id AND x.symbol = v.symbol AND x.model = v.model "
-                " AND x.version = v.version) "
-                "WHERE (:run IS NULL OR v.run_id = :run) AND (:sym IS NULL OR v.symbol = :sym) "
-                "ORDER BY v.run_id, v.symbol, v.model, v.version",
+                "SELECT run_id, symbol, model, version, parent, created_ms, "
+                "weights IS NOT NULL AS has_weights, metrics_json FROM model_versions "
+                "WHERE (:run IS NULL OR run_id = :run) AND (:sym IS NULL OR symbol = :sym) "
+                "ORDER BY run_id, symbol, model, version",
                 {"run": run_id, "sym": symbol},
             )
         )
         champion: dict[tuple[int, str, str], int] = {}  # version 0 until an event says
         replaced: dict[tuple[int, str, str, int], int] = {}  # promoted -> the one it replaced
+        latest: dict[tuple[int, str, str, int], dict[str, Any]] = {}  # each version's last
         for e in self.model_events(run_id, symbol):
             lineage, version = (e["run_id"], e["symbol"], e["model"]), e["version"]
+            latest[(*lineage, version)] = e
             if e["kind"] in ("promoted", "restored"):
                 replaced[(*lineage, version)] = champion.get(lineage, 0)
                 champion[lineage] = version
             elif e["kind"] == "rolled_back" and champion.get(lineage, 0) == version:
                 champion[lineage] = replaced.get((*lineage, version), 0)
         for r in rows:
+            last = latest.get((r["run_id"], r["symbol"], r["model"], r["version"]), {})
+            r["state"], r["state_ms"] = last.get("kind"), last.get("time_ms")
+            r["reason"] = last.get("reason")
             r["has_weights"] = bool(r["has_weights"])
             r["metrics"] = orjson.loads(r.pop("metrics_json"))
             r["champion"] = champion.get((r["run_id"], r["symbol"], r["model"])) == r["version"]

@@ -424,7 +424,6 @@ class ModelPanel(Panel):
             table.add_row("daemon", Text("DISCONNECTED", style="bold red"))
             return table
         models = snap.models or {}
-        online = status.get("online") if isinstance(status.get("online"), dict) else {}
         table.add_row("strategy", str(status.get("strategy") or NA))
         table.add_row("model", str(status.get("model") or models.get("model") or NA))
         table.add_row("online learning", "yes" if models.get("online") else NA)
@@ -441,9 +440,9 @@ class ModelPanel(Panel):
                     else ", no challenger"
                 ),
             )
-        if not serving:
-            table.add_row("champion", _flat(online.get("champion", NA)))
-            table.add_row("challenger", _flat(online.get("challenger", NA)))
+        if not serving:  # a frozen model, or the versions not fetched yet
+            table.add_row("champion", NA)
+            table.add_row("challenger", NA)
         what, now = table.columns
         what.min_width = 20  # the longest label ("calibration BTC/USDT"): never cut
         now.overflow = "ellipsis"

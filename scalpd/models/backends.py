@@ -312,6 +312,7 @@ class Predictor:
         self._validity = _Validity(context_bars, warmup_bars)
         self._state = runner.initial_state()
         self._last_ms: int | None = None
+        self._warm_x = np.zeros(n_features, dtype=np.float32)
 
     def reset(self) -> None:
         """Forget the stream (after a gap in the data: state never spans one)."""
@@ -338,6 +339,12 @@ class Predictor:
         since the last bar resets the stream (else call `reset` at gaps)."""
         probs, ok = self._step_probs(x_t, time_ms)
         return probs if ok else None
+
+    def warm(self) -> None:
+        """A throwaway step from the current state (the runners' steps return a new state and
+        leave the old one as it was): the network's weights and buffers back in the CPU's
+        caches before a bar that counts, nothing of the stream changed."""
+        self.runner.step(self._warm_x, self._state)
 
     def feed(self, rows: np.ndarray) -> None:
         """Advance the stream over `rows` [T, F] (consecutive bars, oldest first) as T calls

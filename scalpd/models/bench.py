@@ -3,6 +3,9 @@
 - infer_<model>_<backend>_us_p50 / _p99: one new bar, streaming, after a warm-up; per-call
   perf_counter_ns over `stream_bars` bars; torch and onnxruntime on one thread (the lowest
   one-bar latency); garbage collection left on, as in the daemon.
+- infer_<model>_<backend>_after_pause[_warmed]_us_p50: the same step after PAUSE_S of sleep
+  (caches gone cold, as between live candles), and with a throwaway step (`Predictor.warm`)
+  just before it, as the daemon's pacer runs one.
 - infer_<model>_full_series_bars_per_s: a year of bars (527,040 rows) through the eager
   full-series path (chunked, all cores).
 - train_<model>_samples_per_s: scored positions per second of training (CPU, all cores).
@@ -32,6 +35,8 @@ Result = dict[str, Any]
 YEAR_BARS = 527_040
 N_FEATURES = 40
 MODELS = ("tcn", "transformer", "lstm", "ensemble")
+PAUSE_S = 0.02  # idle before each step of the "after pause" figures
+PAUSED_BARS = 200
 
 
 def _features(n_bars: int, n_features: int, seed: int = 0) -> np.ndarray:
@@ -76,6 +81,27 @@ def bench_stream(
             "value": round(float(np.percentile(times, q)) / 1000, 1),
             "unit": "us",
             **context,
+        }
+    # Live, a step comes a minute after the last: the caches hold other things by then
+    # (scalpd/live/pacing.py warms the model just before a candle is due).
+    for warmed in (False, True):
+        paused = np.empty(PAUSED_BARS, dtype=np.int64)
+        for i in range(PAUSED_BARS):
+            time.sleep(PAUSE_S)
+            if warmed:
+                pred.warm()
+            t0 = clock()
+            pred.predict_step(x[i])
+            paused[i] = clock() - t0
+        name = "after_pause_warmed" if warmed else "after_pause"
+        yield {
+            "bench": f"infer_{model}_{backend}_{name}_us_p50",
+            "value": round(float(np.percentile(paused, 50)) / 1000, 1),
+            "unit": "us",
+            "p99_us": round(float(np.percentile(paused, 99)) / 1000, 1),
+            "pause_ms": PAUSE_S * 1e3,
+            "bars": PAUSED_BARS,
+            "warm_step_before": warmed,
         }
 
 

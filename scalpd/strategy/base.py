@@ -38,3 +38,11 @@ class Strategy(Protocol):
 
     def on_trade(self, trade: Trade) -> None:
         """A trade print, where the feed has them (live); strategies on bars ignore it."""
+
+
+class Warmable(Protocol):
+    """A strategy whose first step after a pause is costly (a model's, caches gone cold) may
+    let the daemon warm it before a candle is due (scalpd/live/prewarm.py)."""
+
+    def warm(self, symbol: str) -> None:
+        """A throwaway step of `symbol`'s costly part: nothing it decides with changes."""

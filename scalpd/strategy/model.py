@@ -72,6 +72,9 @@ class ProbabilitySource(Protocol):
 
     def on_trade(self, trade: Trade) -> None: ...
 
+    def warm(self, symbol: str) -> None:
+        """A throwaway step of `symbol`'s model (strategy/base.py `Warmable`)."""
+
 
 class StreamingProbabilities:
     """Live and paper: incremental features and the model's one-bar step."""
@@ -109,6 +112,9 @@ class StreamingProbabilities:
 
     def on_trade(self, trade: Trade) -> None:
         self._features.on_trade(trade)
+
+    def warm(self, symbol: str) -> None:
+        self._predictors[symbol].warm()
 
 
 class PrecomputedProbabilities:
@@ -163,6 +169,9 @@ class PrecomputedProbabilities:
 
     def on_trade(self, trade: Trade) -> None:
         return None  # bar replay has no trade prints (and the model reads no tick features)
+
+    def warm(self, symbol: str) -> None:
+        return None  # a table lookup: nothing to warm
 
 
 class ModelSwap(NamedTuple):
@@ -245,6 +254,10 @@ class ModelStrategy:
 
     def on_trade(self, trade: Trade) -> None:
         self.probabilities.on_trade(trade)
+
+    def warm(self, symbol: str) -> None:
+        """strategy/base.py `Warmable`: the model's step is the costly part of a decision."""
+        self.probabilities.warm(symbol)
 
     def prepare_swap(self, model_path: Path | str, backend: str) -> ModelSwap:
         """Load the model at `model_path` and build its predictors, leaving the running one

@@ -309,6 +309,11 @@ class OnlineModel:
     def on_trade(self, trade: Trade) -> None:
         self._features.on_trade(trade)
 
+    def warm(self, symbol: str) -> None:
+        """A throwaway step of each model in play for `symbol` (the decider is drawn per bar)."""
+        for served in self._models[symbol].models():
+            served.predictor.warm()
+
     # -- learning ----------------------------------------------------------------------------
 
     def _learn(self, m: _SymbolModel, bar: Bar, x: np.ndarray, entry: _Entry) -> None:

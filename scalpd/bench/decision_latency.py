@@ -14,8 +14,10 @@ Set-up, none of it timed:
   other checks run as configured by default.
 - The fake exchange (scalpd/fakex) runs in a child process, so its work never shares the
   daemon's event loop or its core; it is stepped by hand, one bar of each symbol at a time,
-  and the next step waits until the daemon has handled the three bars: minutes arrive a
-  minute apart in reality, never queued behind each other.
+  and the next step waits until the daemon has handled the three bars, then `STEP_INTERVAL_S`
+  more (50 ms): minutes arrive a minute apart in reality, never queued behind each other, and
+  the pause lets the caches go cold as a minute does (and the daemon's quiet-time work run,
+  scalpd/live/pacing.py). The live run is repeated back to back (no pause) for comparison.
 - The daemon (`scalpd.live.daemon.Daemon`) runs as `scalpd run` does: live mode (the real
   ccxt client, orders sent to the exchange and awaited), uvloop, SQLite journal, JSON logs at
   info level (to a temporary file), trade prints streamed. It first handles `warmup_steps`
@@ -76,9 +78,12 @@ THRESHOLD_QUANTILE = 0.8
 TARGET_US_P99 = 2000
 ONLINE_WARMUP_STEPS = 2400
 ONLINE_MEASURE_STEPS = 500
-# Measured steps 50 ms apart (both runs): a round (hundreds of ms in the worker) then spans a
-# few steps, not all of them; still ~400x the share of bars a live hour's rounds overlap.
-ONLINE_STEP_INTERVAL_S = 0.05
+# Measured steps 50 ms apart: live, a minute passes between candles and the caches go cold in
+# it (a model step after a 20 ms pause costs ~4x a step back to back; see scalpd/live/pacing.py),
+# and the daemon does its quiet-time work there. Back to back, neither shows; that figure is
+# given beside (`decision_latency_back_to_back_us_*`). With online learning a round (hundreds
+# of ms in the worker) then spans a few steps, ~400x the share of bars a live hour's overlap.
+STEP_INTERVAL_S = 0.05
 API_KEY, API_SECRET = "bench-key", "bench-secret"
 DAY_MS = 86_400_000
 _STEP_TIMEOUT_S = 60.0
@@ -108,6 +113,9 @@ class LatencyRun:
     user_stream_reconnects: int = 0
     # Online learning: rounds run (approved or not) over the whole run, warm-up included.
     online_rounds: int | None = None
+    # Garbage collections run in the daemon's quiet moments, by generation (whole run).
+    quiet_collections: list[int] = field(default_factory=list)
+    warm_steps: int = 0  # throwaway model steps before candles were due (live.prewarm)
 
 
 def _need(relative: str) -> Path:
@@ -364,6 +372,9 @@ async def _drive(
                 (ns - first_ns) / 1e9 + s for ns, s in zip(received_ns, latency_s, strict=True)
             ]
         run.wall_s = time.perf_counter() - t0
+        if daemon.pacer is not None:
+            run.quiet_collections = list(daemon.pacer.collections)
+            run.warm_steps = daemon.pacer.warm_steps
         online = getattr(daemon.engine.strategy, "online", None) if daemon.engine else None
         if online is not None:
             run.online_rounds = sum(a + r for a, r in online.counts().values())
@@ -471,12 +482,14 @@ def _us(seconds: list[float] | np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(np.asarray(seconds) * 1e6, q)), 1)
 
 
-def results(run: LatencyRun, **context: Any) -> list[Result]:
+def results(run: LatencyRun, prefix: str | None = None, **context: Any) -> list[Result]:
     """The benchmark lines of one run: p50 and p99 over every measured bar, and the p99 of
     the bars that sent an order (live: decision_latency_us_*; paper:
-    decision_latency_paper_us_*). Beside them: the bars that arrived with a position open
-    (live: its resting exits are polled over REST before a bar is decided) and those without."""
-    prefix = "decision_latency" if run.mode == "live" else "decision_latency_paper"
+    decision_latency_paper_us_*; or `prefix`_us_*). Beside them: the bars that arrived with a
+    position open (live: its resting exits are polled over REST before a bar is decided) and
+    those without."""
+    if prefix is None:
+        prefix = "decision_latency" if run.mode == "live" else "decision_latency_paper"
     latency = np.asarray(run.latency_s, dtype=np.float64)
     sent = np.asarray(run.sent_order, dtype=bool)
     held = np.asarray(run.positions_open, dtype=bool)
@@ -488,6 +501,8 @@ def results(run: LatencyRun, **context: Any) -> list[Result]:
         "symbols": sorted(set(run.symbols)),
         "measured_by": run.measured_by,
         "warmup_bars": run.warmup_bars,
+        "quiet_collections_by_generation": run.quiet_collections,
+        "warm_steps": run.warm_steps,
         **context,
     }
     if run.mode == "live":
@@ -536,9 +551,15 @@ def bench_decision_latency() -> Iterator[Result]:
             "min_confidence": round(threshold, 4),
             "bars_from": WINDOW_START,
         }
-        for paper in (False, True):
-            run = measure_decision_latency(bars, model_path, threshold, paper=paper)
-            yield from results(run, wall_s=round(run.wall_s, 1), **context)
+        for paper, interval_s in ((False, STEP_INTERVAL_S), (True, STEP_INTERVAL_S), (False, 0.0)):
+            run = measure_decision_latency(
+                bars, model_path, threshold, paper=paper, step_interval_s=interval_s
+            )
+            prefix = None if interval_s else "decision_latency_back_to_back"
+            yield from results(
+                run, prefix, wall_s=round(run.wall_s, 1),
+                step_interval_ms=round(interval_s * 1e3), **context,
+            )  # fmt: skip
     yield {"bench": "decision_latency_setup_s", "value": round(setup_s, 1), "unit": "s"}
 
 
@@ -548,7 +569,7 @@ def bench_decision_latency_online() -> Iterator[Result]:
     serve eager: a new version is used at once), hourly rounds at the default settings. The
     learner trains on rows whose features are all warm (~1,064 bars) and holds out 240: its
     first rounds come ~1,400 bars in, so the warm-up here is ONLINE_WARMUP_STEPS (40 hours);
-    the measured steps then span ~8 hourly rounds a symbol, ONLINE_STEP_INTERVAL_S apart
+    the measured steps then span ~8 hourly rounds a symbol, STEP_INTERVAL_S apart
     (a minute of market in 50 ms: a round still overlaps far more bars than it would live)."""
     from scalpd.logs import configure_logging
 
@@ -568,7 +589,7 @@ def bench_decision_latency_online() -> Iterator[Result]:
                 bars, model_path, threshold, model_backend="eager",
                 online={"enabled": online, "update_every": "hour"},
                 warmup_steps=ONLINE_WARMUP_STEPS, measure_steps=ONLINE_MEASURE_STEPS,
-                step_interval_s=ONLINE_STEP_INTERVAL_S,
+                step_interval_s=STEP_INTERVAL_S,
             )  # fmt: skip
             latency = run.latency_s
             p99[online] = _us(latency, 99)

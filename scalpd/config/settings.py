@@ -553,6 +553,13 @@ class LiveSettings(Section):
             "path); false, or while it is down: resting orders a bar reached are polled"
         ),
     )
+    prewarm: bool = Field(
+        True,
+        description=(
+            "throwaway model steps from just before each candle is due until it comes (a few "
+            "ms of CPU a minute): a model's first step after a pause is ~3x slower cold"
+        ),
+    )
 
 
 class OnlineSettings(Section):

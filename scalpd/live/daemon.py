@@ -51,6 +51,7 @@ from scalpd.faults import crash_point
 from scalpd.live.book_feed import BookFeed
 from scalpd.live.exchange import ScalpdBinance, make_exchange, market_rules
 from scalpd.live.learning import RoundRunner
+from scalpd.live.pacing import Pacer
 from scalpd.live.recovery import Recovery, fill_from_row, rebuild_book, recover
 from scalpd.live.services import DaemonServices, ServiceError
 from scalpd.live.source import CcxtBarSource
@@ -150,6 +151,7 @@ class Daemon:
         self._sending_for: dict[str, asyncio.Task[None]] = {}
         self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
         self.rounds: RoundRunner | None = None  # online learning's rounds, when it is on
+        self.pacer: Pacer | None = None  # the loop's quiet-time work, while it runs
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -332,14 +334,18 @@ class Daemon:
         # default would be the decision latency's tail).
         switch_interval_s = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        pacer = self._pacer(engine)
+        pacer.start()
         source.start()
         try:
             while not self._stop.is_set():
                 self._raise_if_sending_failed()
                 event = source.poll()
                 if event is None:
+                    pacer.idle()
                     await source.wait()
                     continue
+                pacer.busy()
                 if not self._ready:  # market data flows: systemd may consider us started
                     self._ready = True
                     systemd.ready()
@@ -352,6 +358,7 @@ class Daemon:
                     engine.on_gap(event)
                     continue
                 received_ns = source.received_ns
+                pacer.arrived(event.symbol)
                 # A bar's decision must see what its symbol's orders in flight did.
                 await self._sent(event.symbol)
                 async with self.bar_lock:
@@ -391,7 +398,19 @@ class Daemon:
                 self._sending.cancel()
                 await asyncio.gather(self._sending, return_exceptions=True)
             sys.setswitchinterval(switch_interval_s)
+            pacer.close()
             await source.close()
+
+    def _pacer(self, engine: Engine) -> Pacer:
+        """The loop's quiet-time work (scalpd/live/pacing.py); online learning's part of a
+        bar and its rounds' hand-offs go there too."""
+        warm = getattr(engine.strategy, "warm", None)  # strategy/base.py Warmable
+        if not self.settings.live.prewarm:
+            warm = None
+        self.pacer = pacer = Pacer(self.settings.symbols.trade, warm)
+        if self.rounds is not None:
+            self.rounds.pace(pacer)
+        return pacer
 
     async def _recover(
         self,
@@ -462,7 +481,7 @@ class Daemon:
         latency_s = (end_ns - decided.received_ns) / 1e9
         self.decision_latency_s.append(latency_s)
         if self.rounds is not None:  # online learning's share of the bar, its orders out
-            self.rounds.after_bar(bar.symbol)
+            self.rounds.after_bar(bar.symbol)  # (in the loop's next quiet moment)
         if live_broker is not None:
             await self._check_resting(live_broker, bar.symbol)
         if self.services is not None:

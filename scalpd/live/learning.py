@@ -4,19 +4,23 @@ A replay runs each round where it falls due, between one bar's decision and the 
 seed gives the same versions. The daemon cannot afford that: a round is hundreds of
 milliseconds of torch, and the next candle must not wait for it. So in paper and live the
 online strategy (scalpd/strategy/online.py, after `defer_rounds()`) only notes that a round is
-due; this runner, poked after each bar has been sent and accounted for, takes the round's
-inputs on the loop (`prepare_round`: a copy of the replay buffer, the weights, the context
-rows), runs the optimiser steps in a worker PROCESS (`RoundJob.train`), builds an approved
-candidate's streaming predictor in a worker thread (`RoundJob.predictor_for`: it cannot be
-pickled, and is built on the context rows copied, the rows that came meanwhile fed later),
-and hands the candidate back between bars, under the daemon's bar lock (`finish_round`: the
-champion/challenger bookkeeping, the swap). One round at a time; a decision never waits for
-one.
+due; this runner, told after each bar has been sent and accounted for, does the learning
+that follows the decision (`settle`: the shadow models' steps, the learner's bar), takes the
+round's inputs on the loop (`prepare_round`: a copy of the replay buffer, the weights, the
+context rows), runs the optimiser steps in a worker PROCESS (`RoundJob.train`), and hands the
+candidate back between bars, under the daemon's bar lock: its streaming predictor built on
+the context rows copied (`RoundJob.predictor_for`; it cannot be pickled), the rows that came
+meanwhile fed, then `finish_round` (the champion/challenger bookkeeping, the swap). One round
+at a time; a decision never waits for one.
+
+In the daemon all the work on the loop (settle, prepare, hand-off: up to a few ms) waits for
+the loop's quiet moments (scalpd/live/pacing.py: no event for a few ms and no candle due),
+so that no candle that has come waits behind it.
 
 Why a process: in a thread, the optimiser's Python work (autograd, Adam) holds the
 interpreter lock most of the time, and every decision made meanwhile would share it. The
-worker process (spawned when the daemon starts; torch on one thread there, at the lowest
-scheduling priority) leaves the daemon's core to the loop, and yields a shared one to it.
+worker process (spawned when the daemon starts; torch on one thread there, scheduled as
+SCHED_IDLE: it runs only on a core nothing else wants) leaves the daemon's core to the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import asyncio
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from scalpd.live.pacing import Pacer
 
 import structlog
 
@@ -40,7 +47,7 @@ class RoundJob(Protocol):
         candidate and its serialized weights."""
 
     def predictor_for(self, candidate: Any) -> Any:
-        """An approved candidate's streaming predictor (in a worker thread)."""
+        """An approved candidate's streaming predictor (on the loop, at the hand-off)."""
 
 
 class OnlineLearning(Protocol):
@@ -73,8 +80,12 @@ def _worker_start() -> None:
     import torch
 
     torch.set_num_threads(1)  # the other core is the daemon's
-    # Training yields the CPU to the daemon whenever both want it (a core shared with it).
-    os.nice(19)
+    # Training yields the CPU to the daemon whenever both want it (a core shared with it):
+    # SCHED_IDLE is preempted at once by any normal task, where nice 19 still takes a slice.
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or refused
+        os.nice(19)
 
 
 class RoundRunner:
@@ -91,6 +102,7 @@ class RoundRunner:
         self._on_finished = on_finished
         self._task: asyncio.Task[None] | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._pacer: Pacer | None = None
         self.rounds = 0
         self.failures = 0
 
@@ -101,9 +113,20 @@ class RoundRunner:
             self._pool = ProcessPoolExecutor(1, context, initializer=_worker_start)
             self._pool.submit(_ready)
 
+    def pace(self, pacer: Pacer) -> None:
+        """From now on the work on the loop waits for `pacer`'s quiet moments."""
+        self._pacer = pacer
+
     def after_bar(self, symbol: str) -> None:
         """After a bar of `symbol` was sent and accounted for: the learning that follows its
-        decision (`settle`), then the next due round if none is running."""
+        decision (`settle`), then the next due round if none is running (both at the next
+        quiet moment when paced)."""
+        if self._pacer is not None:
+            self._pacer.defer(lambda: self._settle(symbol))
+        else:
+            self._settle(symbol)
+
+    def _settle(self, symbol: str) -> None:
         self._online.settle(symbol)
         self.poke()
 
@@ -126,22 +149,24 @@ class RoundRunner:
         try:
             self.start()
             trained = await loop.run_in_executor(self._pool, _train, job)
-            result = None
-            if trained is not None:
-                candidate, weights = trained
-                predictor = None
-                if candidate.verdict.accept:
-                    predictor = await asyncio.to_thread(job.predictor_for, candidate)
-                result = RoundResult(candidate, predictor, weights)
+            if self._pacer is not None:
+                await self._pacer.quiet_moment()
+            async with self._bar_lock:
+                result = None
+                if trained is not None:
+                    candidate, weights = trained
+                    predictor = None
+                    if candidate.verdict.accept:
+                        predictor = job.predictor_for(candidate)
+                    result = RoundResult(candidate, predictor, weights)
+                self._online.finish_round(job, result)
+                if self._on_finished is not None:
+                    self._on_finished()
         except Exception as exc:  # noqa: BLE001 - a failed round never stops trading
             self.failures += 1
             error = f"{type(exc).__name__}: {exc}"
             log.error("online_round_failed", symbol=job.symbol, error=error)
             return
-        async with self._bar_lock:
-            self._online.finish_round(job, result)
-            if self._on_finished is not None:
-                self._on_finished()
         self.rounds += 1
         self._task = None
         self.poke()  # a round that fell due meanwhile (one per symbol: the latest)

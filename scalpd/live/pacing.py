@@ -1,0 +1,207 @@
+"""What the daemon's event loop does between candles, and when (`Pacer`).
+
+A decision's latency is set as much by what else the process does while a candle is handled
+as by the decision itself. Three kinds of work are moved to the quiet time between candles:
+
+- **Garbage collection.** CPython's cyclic collector runs when allocations pass a threshold,
+  usually mid-decision (where the daemon allocates). Measured with `scalpd bench
+  decision_latency` before this module: a young-generation collection every ~45 bars at
+  0.8 ms on average (3.5 ms at worst), and full collections of the ~750,000 objects torch,
+  ccxt and the models leave after start-up at ~240 ms each (a quarter of a second in which no
+  candle is handled). So at start (`start`): one full collection, then `gc.freeze()` (what is
+  alive then lives as long as the process: modules, markets, models; the collector never
+  walks it again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop
+  that never goes quiet); the collections the interpreter would have run are run in quiet
+  moments, youngest first, a full one at most every `FULL_EVERY_S`.
+- **Deferred jobs** (`defer`, `quiet_moment`): online learning's work after a decision and
+  its hand-offs (scalpd/live/learning.py) wait for a quiet moment too.
+- **Warm steps.** After a pause the first model step costs several times a hot one: the
+  CPU's caches hold everything else by then (other processes, the kernel, a virtual machine's
+  neighbours). `scalpd bench models_ensemble` shows it (`infer_*_after_pause_*`). From
+  `LEAD_S` before each symbol's candle is due until it comes, the loop runs a throwaway step
+  of that symbol's model (strategy/base.py `Warmable`) every `EVERY_S`, one symbol at a time.
+
+A quiet moment: no event handled for `QUIET_S` and no candle due within `LEAD_S`. When a
+candle is due is learned from arrivals: per symbol, the last one plus the median of the recent
+intervals (a minute live; the benchmark's pace against the fake exchange). A frame arriving
+during quiet work or a warm step waits for it (a warm step ~0.2 ms, a young collection ~1 ms):
+the decision-latency benchmark's "from the step's first frame" figures include such waits,
+the daemon's own figure (from the frame handled) does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+QUIET_S = 0.003  # no event for this long: the loop is between candles
+LEAD_S = 0.015  # warm steps start this long before a candle is due; quiet work stops
+EVERY_S = 0.003  # one warm step this often (each ~0.2 ms of the loop)
+PATIENCE_S = 2.0  # warm steps stop this long after a candle was due (late or missing)
+INTERVALS = 9  # arrivals whose intervals set the expected one (median: a gap is an outlier)
+BACKSTOP_GEN0 = 10_000  # allocations: automatic collection when no quiet moment comes (~1 ms)
+FULL_EVERY_S = 300.0  # the oldest (unfrozen) generation is walked at most this often
+
+
+class _Due:
+    """When a symbol's next candle is expected (monotonic seconds), from its arrivals."""
+
+    def __init__(self) -> None:
+        self.last_s: float | None = None
+        self.intervals: deque[float] = deque(maxlen=INTERVALS)
+        self.next_s: float | None = None
+
+    def arrived(self, now_s: float) -> None:
+        if self.last_s is not None:
+            self.intervals.append(now_s - self.last_s)
+        self.last_s = now_s
+        self.next_s = now_s + statistics.median(self.intervals) if self.intervals else None
+
+
+class Pacer:
+    def __init__(self, symbols: Sequence[str], warm: Callable[[str], None] | None = None) -> None:
+        """`warm`: a throwaway step of a symbol's model, or None (no warm steps)."""
+        self._warm = warm
+        self._due = {s: _Due() for s in symbols}
+        self._thresholds = gc.get_threshold()
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._events = 0  # events handled: a timer armed before the latest one is stale
+        self._last_event_s = 0.0
+        self._last_full_s = 0.0
+        self._turn = 0
+        self._started = False
+        self.collections = [0, 0, 0]  # run in quiet moments, by generation
+        self.warm_steps = 0
+
+    # -- the loop tells it ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """After start-up, before the first event."""
+        gc.collect()
+        gc.freeze()
+        self._last_full_s = time.monotonic()
+        t0, t1, t2 = self._thresholds
+        gc.set_threshold(max(t0, BACKSTOP_GEN0), t1, t2)
+        self._started = True
+
+    def busy(self) -> None:
+        """An event is being handled."""
+        self._events += 1
+        self._last_event_s = time.monotonic()
+
+    def arrived(self, symbol: str) -> None:
+        """`symbol`'s candle came (before its decision)."""
+        due = self._due.get(symbol)
+        if due is not None:
+            due.arrived(time.monotonic())
+
+    def idle(self) -> None:
+        """The loop has no event left to handle: plan the next quiet work or warm step."""
+        now_s = time.monotonic()
+        self._last_event_s = now_s  # quiet is counted from the end of the last event's work
+        if self._timer is None:
+            self._arm(now_s)
+
+    # -- work for quiet moments ---------------------------------------------------------------
+
+    def defer(self, job: Callable[[], None]) -> None:
+        """Run `job` (on the loop) at the next quiet moment, after the jobs deferred before."""
+        self._jobs.append(job)
+        if self._timer is None:
+            self._arm(time.monotonic())
+
+    def quiet_moment(self) -> asyncio.Future[None]:
+        """Resolved at the next quiet moment (await it, then act at once: it is yours until
+        your next await)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._timer is None:
+            self._arm(time.monotonic())
+        return waiter
+
+    # -- the timer ----------------------------------------------------------------------------
+
+    def _warming(self, now_s: float) -> list[str]:
+        """Symbols whose candle is due within LEAD_S (or late, up to PATIENCE_S)."""
+        out = []
+        for symbol, due in self._due.items():
+            if due.next_s is None:
+                continue
+            if now_s > due.next_s + PATIENCE_S:
+                due.next_s = None  # it never came: wait for the next arrival
+            elif now_s >= due.next_s - LEAD_S:
+                out.append(symbol)
+        return out
+
+    def _wanted(self) -> bool:
+        return bool(self._jobs or self._waiters) or gc.get_count()[0] >= self._thresholds[0]
+
+    def _arm(self, now_s: float) -> None:
+        at: float | None = None
+        if self._warm is not None:
+            starts = [d.next_s - LEAD_S for d in self._due.values() if d.next_s is not None]
+            at = min(starts) if starts else None
+        if self._wanted():
+            quiet_at = self._last_event_s + QUIET_S
+            at = quiet_at if at is None else min(at, quiet_at)
+        if at is None:
+            return
+        delay_s = max(at - now_s, EVERY_S if at <= now_s else 0.0)
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now_s = time.monotonic()
+        warming = self._warming(now_s)
+        if warming and self._warm is not None:
+            symbol = warming[self._turn % len(warming)]
+            self._turn += 1
+            self._warm(symbol)
+            self.warm_steps += 1
+        elif not warming and now_s - self._last_event_s >= QUIET_S:
+            self._quiet_work()
+        self._arm(time.monotonic())
+
+    def _quiet_work(self) -> None:
+        while self._jobs:
+            self._jobs.popleft()()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._started and gc.get_count()[0] >= self._thresholds[0]:
+            self._collect()
+
+    def _collect(self) -> None:
+        _, count1, count2 = gc.get_count()
+        _, t1, t2 = self._thresholds
+        generation = 0
+        if count1 >= t1:
+            generation = 1
+            now_s = time.monotonic()
+            if count2 >= t2 and now_s - self._last_full_s >= FULL_EVERY_S:
+                generation, self._last_full_s = 2, now_s
+        gc.collect(generation)
+        self.collections[generation] += 1
+
+    def close(self) -> None:
+        """The interpreter's own collection again; deferred jobs run now (nothing is lost)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._jobs:
+            self._jobs.popleft()()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters = []
+        if self._started:
+            gc.set_threshold(*self._thresholds)
+            gc.unfreeze()
+            self._started = False

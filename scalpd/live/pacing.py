@@ -8,9 +8,8 @@ as by the decision itself. Three kinds of work are moved to the quiet time betwe
   decision_latency` before this module: a young-generation collection every ~45 bars at
   0.8 ms on average (3.5 ms at worst), and full collections of the ~750,000 objects torch,
   ccxt and the models leave after start-up at ~240 ms each (a quarter of a second in which no
-  candle is handled). So at start (`start`): one full collection, then `gc.freeze()` (what is
-  alive then lives as long as the process: modules, markets, models; the collector never
-  walks it again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop
+  candle is handled). So at start (`start`): `gc.freeze()` (what is alive then lives as long
+  as the process: modules, markets, models; the collector never walks it again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop
   that never goes quiet); the collections the interpreter would have run are run in quiet
   moments, youngest first, a full one at most every `FULL_EVERY_S`.
 - **Deferred jobs** (`defer`, `quiet_moment`): online learning's work after a decision and
@@ -82,8 +81,9 @@ class Pacer:
     # -- the loop tells it ------------------------------------------------------------------
 
     def start(self) -> None:
-        """After start-up, before the first event."""
-        gc.collect()
+        """After start-up, before the first event. No collection first: one of the start-up's
+        objects takes ~0.3 s, which a restart would spend before trading again; the garbage
+        frozen with them is a one-off."""
         gc.freeze()
         self._last_full_s = time.monotonic()
         t0, t1, t2 = self._thresholds

@@ -4,14 +4,15 @@ A decision's latency is set as much by what else the process does while a candle
 as by the decision itself. Three kinds of work are moved to the quiet time between candles:
 
 - **Garbage collection.** CPython's cyclic collector runs when allocations pass a threshold,
-  usually mid-decision (where the daemon allocates). Measured with `scalpd bench
-  decision_latency` before this module: a young-generation collection every ~45 bars at
-  0.8 ms on average (3.5 ms at worst), and full collections of the ~750,000 objects torch,
-  ccxt and the models leave after start-up at ~240 ms each (a quarter of a second in which no
-  candle is handled). So at start (`start`): `gc.freeze()` (what is alive then lives as long
-  as the process: modules, markets, models; the collector never walks it again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop
-  that never goes quiet); the collections the interpreter would have run are run in quiet
-  moments, youngest first, a full one at most every `FULL_EVERY_S`.
+  usually mid-decision (where the daemon allocates). Timed with gc.callbacks around the live
+  run of `scalpd bench decision_latency` before this module: a middle-generation collection
+  every ~45 bars at 0.8 ms on average (3.5 ms at worst), and full collections of the ~750,000
+  objects torch, ccxt and the models leave after start-up at ~240 ms each (a quarter of a
+  second in which no candle is handled). So at start (`start`): `gc.freeze()` (what is alive
+  then lives as long as the process: modules, markets, models; the collector never walks it
+  again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop that never
+  goes quiet); the collections the interpreter would have run are run in quiet moments,
+  youngest first, a full one at most every `FULL_EVERY_S`.
 - **Deferred jobs** (`defer`, `quiet_moment`): online learning's work after a decision and
   its hand-offs (scalpd/live/learning.py) wait for a quiet moment too.
 - **Warm steps.** After a pause the first model step costs several times a hot one: the

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 if TYPE_CHECKING:
     from scalpd.live.pacing import Pacer
-
-import structlog
 
 log = structlog.get_logger("scalpd.live.learning")
 

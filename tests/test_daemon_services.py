@@ -82,15 +82,29 @@ class Harness:
 async def running(
     tmp_path: Path, *, paper: bool, **sections: dict[str, Any]
 ) -> AsyncIterator[Harness]:
+    async with on_fake(lambda fx: _settings(tmp_path, fx, **sections), paper=paper) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def on_fake(
+    settings_for: Callable[[FakeExchange], Any],
+    *,
+    paper: bool,
+    bars: Any = BARS,
+    keys: tuple[str, str] = (API_KEY, API_SECRET),
+) -> AsyncIterator[Harness]:
+    """A daemon with `settings_for(fx)` trading `bars` on a fake exchange `fx` holding 10,000
+    USDT (these API keys, 10 bps fees), from its start to a clean stop."""
     fx = FakeExchange(
-        {SYMBOL: BARS.kline_columns()},
-        api_key=API_KEY,
-        api_secret=API_SECRET,
+        {bars.symbol: bars.kline_columns()},
+        api_key=keys[0],
+        api_secret=keys[1],
         balances={"USDT": 10_000.0},
         fee_bps=10.0,
     )
     await fx.start()
-    daemon = Daemon(_settings(tmp_path, fx, **sections), paper=paper)
+    daemon = Daemon(settings_for(fx), paper=paper)
     task = asyncio.create_task(daemon.run())
     try:
         await asyncio.wait_for(fx.wait_subscribed(1), WAIT_S)

@@ -26,6 +26,7 @@ from scalpd.live.daemon import Daemon
 from scalpd.models.versions import ModelVersion, VersionEvent
 from scalpd.ops.control import ControlError, request
 from scalpd.store.sqlite import SCHEMA_VERSION, Store, StoreError
+from tests.test_daemon_services import on_fake
 from tests.tiny_models import train_tcn
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -129,7 +130,6 @@ def test_a_version_4_store_is_migrated(tmp_path: Path) -> None:
 # -- a tiny model, online -------------------------------------------------------------------------
 
 API_KEY, API_SECRET = "mv-key-7Qp2", "mv-secret-Zr84kT"
-WAIT_S = 20  # a bound on a hang only
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -268,32 +268,8 @@ def _weights(model: Path, scale: float) -> tuple[str, bytes]:
 async def _paper_daemon(
     settings: Any, bars: Any = BARS
 ) -> AsyncIterator[tuple[Daemon, FakeExchange, Any]]:
-    fx = FakeExchange(
-        {SYMBOL: bars.kline_columns()},
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        balances={"USDT": 10_000.0},
-        fee_bps=10.0,
-    )
-    await fx.start()
-    daemon = Daemon(settings(fx), paper=True)
-    task = asyncio.create_task(daemon.run())
-    stepped = 0
-
-    async def step(n: int = 1) -> None:
-        nonlocal stepped
-        for _ in range(n):
-            assert await fx.step()
-            stepped += 1
-            await asyncio.wait_for(daemon.wait_processed(stepped), WAIT_S)
-
-    try:
-        await asyncio.wait_for(fx.wait_subscribed(1), WAIT_S)
-        yield daemon, fx, step
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(task, WAIT_S) == 0
-        await fx.stop()
+    async with on_fake(settings, paper=True, bars=bars, keys=(API_KEY, API_SECRET)) as h:
+        yield h.daemon, h.fx, h.step
 
 
 def model_daemon_settings(

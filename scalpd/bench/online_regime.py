@@ -72,9 +72,8 @@ def bench_online_regime() -> Iterator[Result]:
     t_start = time.perf_counter()
     set_threads(1)  # one thread, one answer: float sums depend on how work is split
     bars, _bad = validate(read_parquet(path))
-    t = bars.open_time
-    history = bars.take((t >= parse_utc_ms(TRAIN_FROM)) & (t < parse_utc_ms(TRAIN_TO)))
-    march = bars.take((t >= parse_utc_ms(REPLAY_FROM)) & (t < parse_utc_ms(REPLAY_TO)))
+    history = bars.between(parse_utc_ms(TRAIN_FROM), parse_utc_ms(TRAIN_TO))
+    march = bars.between(parse_utc_ms(REPLAY_FROM), parse_utc_ms(REPLAY_TO))
     params = TrainParams(seed=SEED, device="cpu", threads=1, version="online-regime")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -51,29 +51,13 @@ def replay_online(
     """(replay result, online model) of `bars` through the model strategy, online learning on
     with `online` overriding the [online] defaults; `online = {"enabled": False}` streams the
     frozen model instead (the online model is then None)."""
-    from scalpd.config.settings import load_settings
-    from scalpd.replay.runner import ReplayInput, run_replay
-    from scalpd.store.sqlite import Store
+    from scalpd.bench.online_scoring import replay_model
 
-    settings = load_settings(
-        None,
-        {
-            "strategy": {
-                "name": "model",
-                "model_path": str(artifact_path),
-                "model_backend": "eager",
-            },
-            "online": {"enabled": True, **(online or {})},
-            "store": {"path": str(db)},
-        },
-    )
-    store = Store(db)
-    try:
-        result = run_replay(
-            settings, ReplayInput([bars], "bench"), store, probabilities="streaming"
-        )
-    finally:
-        store.close()
+    keys = {"enabled": True, **(online or {})}
+    result = replay_model(
+        artifact_path, bars, "bench", db, keys["enabled"], baselines=False,
+        overrides={"online": keys},
+    )  # fmt: skip
     return result, getattr(result.engine._strategy, "online", None)
 
 
@@ -110,8 +94,7 @@ def bench_online_replay(replay_to: str = REPLAY_TO) -> Iterator[Result]:
 
     def window(path: Path, lo: str, hi: str) -> Any:
         bars, _bad = validate(read_parquet(path))
-        t = bars.open_time
-        return bars.take((t >= parse_utc_ms(lo)) & (t < parse_utc_ms(hi)))
+        return bars.between(parse_utc_ms(lo), parse_utc_ms(hi))
 
     history = window(_need("binance-spot/BTCUSDT-1m-2023.parquet"), TRAIN_FROM, TRAIN_TO)
     year = window(_need("binance-spot/BTCUSDT-1m-2024.parquet"), REPLAY_FROM, replay_to)

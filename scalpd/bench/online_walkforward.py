@@ -66,11 +66,6 @@ def _iso(ms: int) -> str:
     return str(np.datetime64(int(ms), "ms")).replace("T", " ")[:16]
 
 
-def _between(bars: Any, lo_ms: int, hi_ms: int) -> Any:
-    t = bars.open_time
-    return bars.take((t >= lo_ms) & (t < hi_ms))
-
-
 def _replay(result: Any) -> Result:
     from scalpd.bench.online_scoring import replay_line
 
@@ -103,8 +98,8 @@ def walk_forward(
     trades = {"frozen": 0, "online": 0}
     online_better = 0
     for i, fold in enumerate(fold_list):
-        history = _between(bars, fold.train_from_ms, fold.test_from_ms)
-        week = _between(bars, fold.test_from_ms, fold.test_to_ms)
+        history = bars.between(fold.train_from_ms, fold.test_from_ms)
+        week = bars.between(fold.test_from_ms, fold.test_to_ms)
         if len(history) == 0 or len(week) == 0:
             raise ValueError(f"fold {i}: no bars to train on or to test ({fold})")
         t0 = time.perf_counter()

@@ -42,6 +42,13 @@ class BarColumns:
     def take(self, index: np.ndarray | slice) -> BarColumns:
         return BarColumns(self.symbol, *(getattr(self, name)[index] for name in ARRAY_FIELDS))
 
+    def between(self, start_ms: int | None, end_ms: int | None) -> BarColumns:
+        """The bars opening in [start_ms, end_ms) (None: unbounded on that side)."""
+        t = self.open_time
+        lo = 0 if start_ms is None else int(t.searchsorted(start_ms, "left"))
+        hi = len(self) if end_ms is None else int(t.searchsorted(end_ms, "left"))
+        return self.take(slice(lo, hi))
+
     def kline_columns(self) -> dict[str, np.ndarray]:
         """The arrays under Binance's kline column names (the inverse of `from_arrays`)."""
         return {_KLINE_NAME.get(name, name): getattr(self, name) for name in ARRAY_FIELDS}

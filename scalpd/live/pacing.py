@@ -71,8 +71,7 @@ class Pacer:
         self._jobs: deque[Callable[[], None]] = deque()
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._events = 0  # events handled: a timer armed before the latest one is stale
-        self._last_event_s = 0.0
+        self._last_event_s = 0.0  # the loop's last activity: an event begun or finished
         self._last_full_s = 0.0
         self._turn = 0
         self._started = False
@@ -92,8 +91,7 @@ class Pacer:
         self._started = True
 
     def busy(self) -> None:
-        """An event is being handled."""
-        self._events += 1
+        """An event is being handled (a timer firing at one of its awaits sees it)."""
         self._last_event_s = time.monotonic()
 
     def arrived(self, symbol: str) -> None:
@@ -153,7 +151,7 @@ class Pacer:
             at = quiet_at if at is None else min(at, quiet_at)
         if at is None:
             return
-        delay_s = max(at - now_s, EVERY_S if at <= now_s else 0.0)
+        delay_s = at - now_s if at > now_s else EVERY_S  # a window open now: the next step
         self._timer = asyncio.get_running_loop().call_later(delay_s, self._tick)
 
     def _tick(self) -> None:
@@ -170,14 +168,18 @@ class Pacer:
         self._arm(time.monotonic())
 
     def _quiet_work(self) -> None:
+        self._release()
+        if self._started and gc.get_count()[0] >= self._thresholds[0]:
+            self._collect()
+
+    def _release(self) -> None:
+        """The deferred jobs, in order, then whoever awaits a quiet moment."""
         while self._jobs:
             self._jobs.popleft()()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        if self._started and gc.get_count()[0] >= self._thresholds[0]:
-            self._collect()
 
     def _collect(self) -> None:
         _, count1, count2 = gc.get_count()
@@ -196,12 +198,7 @@ class Pacer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._jobs:
-            self._jobs.popleft()()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters = []
+        self._release()
         if self._started:
             gc.set_threshold(*self._thresholds)
             gc.unfreeze()

@@ -98,7 +98,7 @@ def load_input(
     paths = settings.data.paths
     if not paths:
         days, seed = settings.data.synthetic_days, settings.data.synthetic_seed
-        bars = _window(generate(days, seed, settings.data.synthetic_start), start_ms, end_ms)
+        bars = generate(days, seed, settings.data.synthetic_start).between(start_ms, end_ms)
         return ReplayInput([bars], synthetic_label(days, seed), load_s=time.perf_counter() - t0)
     if symbols and len(symbols) != len(paths):
         raise DataError(f"--symbol given {len(symbols)} times for {len(paths)} files")
@@ -112,20 +112,12 @@ def load_input(
         clean, bad = validate(joined)
         if bad:
             quarantined[symbol] = bad
-        clean = _window(clean, start_ms, end_ms)
+        clean = clean.between(start_ms, end_ms)
         if len(clean) == 0:
             raise DataError(f"no valid bars for {symbol} in the requested period")
         series.append(clean)
     label = "real data: " + ", ".join(Path(p).name for p in paths)
     return ReplayInput(series, label, quarantined, time.perf_counter() - t0)
-
-
-def _window(bars: BarColumns, start_ms: int | None, end_ms: int | None) -> BarColumns:
-    if start_ms is None and end_ms is None:
-        return bars
-    lo = 0 if start_ms is None else int(bars.open_time.searchsorted(start_ms, "left"))
-    hi = len(bars) if end_ms is None else int(bars.open_time.searchsorted(end_ms, "left"))
-    return bars.take(slice(lo, hi))
 
 
 def _concat(symbol: str, parts: list[BarColumns]) -> BarColumns:

@@ -27,7 +27,7 @@ from scalpd.ops.control import ControlError, request
 from scalpd.risk.breakers import RiskState
 from scalpd.store.sqlite import Store
 from tests.conftest import closed_port
-from tests.tiny_models import train_tcn
+from tests.tiny_models import tiny_daemon_model
 
 API_KEY, API_SECRET = "svc-key-4Tx8", "svc-secret-Ld71qW"
 # Short periods: a few dozen synthetic bars hold entries and exits.
@@ -305,24 +305,11 @@ def test_a_second_daemon_on_the_same_socket_stops_with_one_line(tmp_path: Path, 
     assert "another daemon is listening at" in capsys.readouterr().err
 
 
-def _tiny_model(root: Path) -> Path:
-    from scalpd.models.labels import LabelParams
-
-    history = generate(days=1.5, seed=4, start="2023-12-30T00:00:00Z")
-    label = LabelParams(take_profit_bps=20.0, stop_loss_bps=20.0, horizon_bars=30)
-    params = {
-        "epochs": 1, "window_bars": 96, "stride_bars": 48, "seed": 1, "threads": 1,
-        "label": label, "net": {"hidden": 8},
-    }  # fmt: skip
-    artifact, _, _ = train_tcn(history, label, root, params)
-    return artifact.path
-
-
 def test_ctl_reload_model_swaps_between_bars_and_alerts(tmp_path: Path, endpoint) -> None:
     import json
     import shutil
 
-    model = _tiny_model(tmp_path / "models")
+    model = tiny_daemon_model(tmp_path / "models", horizon_bars=30)
     # The same weights relabelled with other barriers: open positions' exits would not match.
     other = tmp_path / "other"
     shutil.copytree(model, other)

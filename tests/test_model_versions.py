@@ -27,7 +27,7 @@ from scalpd.models.versions import ModelVersion, VersionEvent
 from scalpd.ops.control import ControlError, request
 from scalpd.store.sqlite import SCHEMA_VERSION, Store, StoreError
 from tests.test_daemon_services import on_fake
-from tests.tiny_models import train_tcn
+from tests.tiny_models import tiny_daemon_model
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 HOUR_MS = 3_600_000
@@ -137,16 +137,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from scalpd.models.labels import LabelParams
-
-    history = generate(days=1.5, seed=4, start="2023-12-30T00:00:00Z")
-    label = LabelParams(take_profit_bps=20.0, stop_loss_bps=20.0, horizon_bars=15)
-    params = {
-        "epochs": 1, "window_bars": 96, "stride_bars": 48, "seed": 1, "threads": 1,
-        "label": label, "net": {"hidden": 8},
-    }  # fmt: skip
-    artifact, _, _ = train_tcn(history, label, tmp_path_factory.mktemp("models"), params)
-    return artifact.path
+    return tiny_daemon_model(tmp_path_factory.mktemp("models"), horizon_bars=15)
 
 
 # Hourly rounds of a few steps on short windows: versions within a few hours of bars.

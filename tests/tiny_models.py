@@ -39,3 +39,18 @@ def train_tcn(
     finally:
         torch.set_num_threads(before)
     return artifact, X, labels
+
+
+def tiny_daemon_model(root: Path, horizon_bars: int) -> Path:
+    """A TCN of 8 channels trained one epoch on 1.5 synthetic days before 2024-01-01 (the
+    daemon tests' bars follow them), 20 bps barriers over `horizon_bars`: its artifact path."""
+    from scalpd.data.synthetic import generate
+
+    history = generate(days=1.5, seed=4, start="2023-12-30T00:00:00Z")
+    label = LabelParams(take_profit_bps=20.0, stop_loss_bps=20.0, horizon_bars=horizon_bars)
+    params = {
+        "epochs": 1, "window_bars": 96, "stride_bars": 48, "seed": 1, "threads": 1,
+        "label": label, "net": {"hidden": 8},
+    }  # fmt: skip
+    artifact, _, _ = train_tcn(history, label, root, params)
+    return artifact.path

@@ -76,6 +76,28 @@ def test_engine_features_and_batch_features_give_the_same_probabilities(trained,
     assert np.all(batch.probs[decided, 0, 0] >= 0.5 - 1e-5)
 
 
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_the_symbols_predictors_share_one_runner_and_keep_their_own_streams(trained, backend):
+    """One copy of the weights for every symbol (ModelArtifact.predictors), and symbols
+    stepped in turn each get what a predictor of their own would give."""
+    artifact, joined = trained
+    X, _, _ = feature_matrix(joined.take(slice(0, 400)))
+    X = np.nan_to_num(X)  # the first bars' warm-up NaNs would only delay the first output
+    series = {"A": X, "B": X[::-1].copy()}
+    shared = artifact.predictors(backend, list(series))
+    assert shared["A"].runner is shared["B"].runner
+    alone = {s: artifact.predictor(backend) for s in series}
+    served = 0
+    for t in range(len(X)):
+        for s, x in series.items():
+            a, b = shared[s].predict_step(x[t]), alone[s].predict_step(x[t])
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_allclose(a, b, atol=1e-6)
+                served += 1
+    assert served > 100
+
+
 def test_model_with_another_feature_set_is_refused(trained, tmp_path):
     artifact, _ = trained
     with pytest.raises(ModelError):

@@ -76,6 +76,30 @@ def test_warm_steps_run_from_just_before_a_candle_is_due_until_it_comes(monkeypa
     assert pacer._due["B"].next_s is None
 
 
+def test_no_warm_step_while_the_loop_has_events_to_handle() -> None:
+    """A candle due while another symbol's is queued or decided, or just after, gets no warm
+    step: it would delay that decision, its orders, or the next candle's decision."""
+
+    async def main() -> None:
+        warmed: list[str] = []
+        pacer = Pacer(["A", "B"], warmed.append)
+        now_s = asyncio.get_running_loop().time()
+        for t in (-120.0, -60.0, 0.0):
+            pacer._due["B"].arrived(now_s - 60.0 + t)  # B is due now
+        pacer.busy()  # A's frame was queued, or A's bar is being decided
+        pacer._tick()
+        assert warmed == []
+        pacer.idle()  # A decided: B's frame may be arriving right now
+        pacer._tick()
+        assert warmed == []
+        pacer._last_event_s -= pacing.QUIET_S  # nothing came since: B's model is warmed
+        pacer._tick()
+        assert warmed == ["B"]
+        pacer.close()
+
+    _run(main())
+
+
 def _run(coro) -> None:
     asyncio.run(coro)
 
@@ -86,9 +110,13 @@ def test_deferred_work_waits_while_events_come_and_runs_in_the_lull() -> None:
         done: list[int] = []
         pacer.defer(lambda: done.append(1))
         pacer.defer(lambda: done.append(2))
-        pacer.busy()  # an event was just handled: not quiet (the clock is not waited on)
+        pacer.busy()  # an event is being handled: nothing runs, however long it takes
+        pacer._last_event_s -= 1.0
         pacer._tick()
         assert done == []
+        pacer.idle()  # the loop has nothing left to handle ...
+        pacer._tick()
+        assert done == []  # ... but it has not been quiet long enough
         pacer._last_event_s -= 1.0  # a second without events
         waiter = pacer.quiet_moment()
         pacer._tick()
@@ -97,6 +125,46 @@ def test_deferred_work_waits_while_events_come_and_runs_in_the_lull() -> None:
         pacer.defer(lambda: done.append(3))
         pacer.close()  # nothing deferred is dropped
         assert done == [1, 2, 3]
+
+    _run(main())
+
+
+def test_a_late_candle_does_not_hold_deferred_work_back() -> None:
+    async def main() -> None:
+        warmed: list[str] = []
+        pacer = Pacer(["A"], warmed.append)
+        now_s = asyncio.get_running_loop().time()
+        done: list[int] = []
+        pacer.defer(lambda: done.append(1))
+        for t in (-3.0, -2.0, -1.0):
+            pacer._due["A"].arrived(now_s - 0.01 + t)  # due 10 ms ago: late
+        pacer.idle()
+        pacer._last_event_s -= 1.0
+        pacer._tick()
+        assert warmed == ["A"] and done == [1]  # still warmed, and the work done
+        pacer.close()
+
+    _run(main())
+
+
+def test_a_burst_of_deferred_work_is_spread_over_quiet_moments(monkeypatch) -> None:
+    monkeypatch.setattr(pacing, "JOBS_BUDGET_S", 0.0)  # one job per quiet moment
+
+    async def main() -> None:
+        pacer = Pacer(["A"])
+        done: list[int] = []
+        for i in range(3):
+            pacer.defer(lambda i=i: done.append(i))
+        waiter = pacer.quiet_moment()
+        pacer.idle()
+        pacer._last_event_s -= 1.0
+        pacer._tick()
+        assert done == [0] and not waiter.done()
+        pacer._tick()
+        pacer._tick()
+        assert done == [0, 1, 2]
+        await asyncio.wait_for(waiter, 5)  # told once the jobs before it have run
+        pacer.close()
 
     _run(main())
 

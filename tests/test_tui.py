@@ -383,6 +383,8 @@ def test_tui_watches_and_steers_a_paper_daemon(tmp_path: Path) -> None:
             app = ScalpdApp(source, interval_s=3600)  # refreshed by hand: no timing
             async with app.run_test(size=(120, 40)) as pilot:
                 await h.step_until(h.has_position)
+                # The bars' log lines are written in the daemon's quiet moments.
+                await h.daemon.pacer.quiet_moment()
                 snap = await app.refresh_data()
                 await pilot.pause()
                 assert snap.status is not None and snap.status["mode"] == "paper"

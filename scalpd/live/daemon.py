@@ -29,11 +29,13 @@ the data's time, and stale data means `risk.stale_after_s` of wall time with no 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import ccxt
@@ -336,6 +338,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         pacer = self._pacer(engine)
         pacer.start()
+        source.on_queued = pacer.busy
         source.start()
         try:
             while not self._stop.is_set():
@@ -484,18 +487,22 @@ class Daemon:
             self.rounds.after_bar(bar.symbol)  # (in the loop's next quiet moment)
         if live_broker is not None:
             await self._check_resting(live_broker, bar.symbol)
+        # The bar's line and its model-quality scoring wait for a quiet moment: done now,
+        # they would delay the decisions of the minute's other candles (~0.3 ms a bar).
+        later = self._later
         if self.services is not None:
-            self.services.on_bar(bar, latency_s)
+            self.services.on_bar(bar, latency_s, later)
+        later(functools.partial(_log_bar, bar, engine.equity()))
         async with self._progress:
             self.bars_processed += 1
             self._progress.notify_all()
-        log.info(
-            "bar",
-            symbol=bar.symbol,
-            open_time_ms=bar.open_time_ms,
-            close=bar.close,
-            equity=round(engine.equity(), 2),
-        )
+
+    def _later(self, job: Callable[[], None]) -> None:
+        """`job` in the loop's next quiet moment (at once without a pacer)."""
+        if self.pacer is None:
+            job()
+        else:
+            self.pacer.defer(job)
 
     async def _sent(self, symbol: str) -> None:
         """Until the orders `symbol`'s bars queued have been answered."""
@@ -631,6 +638,16 @@ class Daemon:
             "malformed_messages": src.malformed if src else 0,
             "broker_anomalies": getattr(self.broker, "anomalies", 0),
         }
+
+
+def _log_bar(bar: Bar, equity: float) -> None:
+    log.info(
+        "bar",
+        symbol=bar.symbol,
+        open_time_ms=bar.open_time_ms,
+        close=bar.close,
+        equity=round(equity, 2),
+    )
 
 
 class TickRecording:

@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -479,6 +479,15 @@ def label_of(strategy: Any) -> tuple[float, float, int] | None:
 # -- the daemon's side ---------------------------------------------------------------------------
 
 
+class Observed(NamedTuple):
+    """A bar as the model served it (see `Insight.observe`)."""
+
+    bar: Bar
+    p: float | None  # the served probability; None: no prediction
+    row: np.ndarray | None  # the model's input row
+    model: Any  # who served it (a reload starts a new window)
+
+
 class Insight:
     """One daemon run's monitors: `start` and `close` with the services, `on_bar` from the bar's
     accounting (after its orders left), the status parts on request."""
@@ -498,6 +507,7 @@ class Insight:
         self._runs: dict[str, int] = {}  # importance runs per symbol
         self._started_s = time.monotonic()
         self._importance_at: dict[str, float] = {}  # monotonic s of each symbol's last run
+        self._observed_ms: dict[str, int] = {}  # each symbol's last bar observed (open time)
         # One thread of its own, at a lower scheduling priority: where it competes with the
         # event loop for a core, the loop (the decisions) wins.
         self._executor = ThreadPoolExecutor(
@@ -539,16 +549,17 @@ class Insight:
         self.logs.uninstall()
 
     def on_bar(self, bar: Bar) -> None:
-        quality = self.quality
-        if quality is None:
-            return
+        self.score(self.observe(bar))
+
+    def observe(self, bar: Bar) -> Observed | None:
+        """What scoring `bar` needs, read now, right after its decision: the strategy's state
+        moves on with the symbol's next bar. The daemon scores it later (`score`), in a quiet
+        moment, off the path of the minute's other decisions."""
+        if self.quality is None:
+            return None
         symbol = bar.symbol
         p: float | None = None
         row: np.ndarray | None = None
-        model = getattr(self.strategy, "model", None)
-        if model != self._model:  # reload-model: the window describes one model
-            self._model = model
-            quality.reset()
         # Only when the strategy's latest bar of the symbol is this one (see the module doc),
         # and the strategy took it (a refused bar leaves no probability, and the feature row
         # of the bar before).
@@ -563,10 +574,24 @@ class Insight:
                     row = np.asarray(features.vector(symbol))[self._index].astype(np.float32)
                 except Exception:  # noqa: BLE001 - no row: importance skips the bar
                     row = None
-        quality.on_bar(bar, p, row)
+        self._observed_ms[symbol] = bar.open_time_ms
+        return Observed(bar, p, row, getattr(self.strategy, "model", None))
+
+    def score(self, seen: Observed | None) -> None:
+        """Score an observed bar (in the order observed); start feature importance when due,
+        on the freshest window only (not from a bar whose symbol has newer ones waiting)."""
+        quality = self.quality
+        if quality is None or seen is None:
+            return
+        if seen.model != self._model:  # reload-model: the window describes one model
+            self._model = seen.model
+            quality.reset()
+        bar, symbol = seen.bar, seen.bar.symbol
+        quality.on_bar(bar, seen.p, seen.row)
         now_s = time.monotonic()
         if (
-            (self._importance is None or self._importance.done())
+            self._observed_ms.get(symbol) == bar.open_time_ms
+            and (self._importance is None or self._importance.done())
             and now_s - self._importance_at.get(symbol, self._started_s) >= IMPORTANCE_EVERY_S
             and quality.importance_due(symbol)
         ):

@@ -13,18 +13,21 @@ as by the decision itself. Three kinds of work are moved to the quiet time betwe
   again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop that never
   goes quiet); the collections the interpreter would have run are run in quiet moments,
   youngest first, a full one at most every `FULL_EVERY_S`.
-- **Deferred jobs** (`defer`, `quiet_moment`): online learning's work after a decision and
-  its hand-offs (scalpd/live/learning.py) wait for a quiet moment too.
+- **Deferred jobs** (`defer`, `quiet_moment`): a bar's accounting (its log line, its
+  model-quality scoring) and online learning's work after a decision and its hand-offs
+  (scalpd/live/learning.py) wait for a quiet moment too, `JOBS_BUDGET_S` of them at a time.
 - **Warm steps.** After a pause the first model step costs several times a hot one: the
   CPU's caches hold everything else by then (other processes, the kernel, a virtual machine's
   neighbours). `scalpd bench models_ensemble` shows it (`infer_*_after_pause_*`). From
   `LEAD_S` before each symbol's candle is due until it comes, the loop runs a throwaway step
   of that symbol's model (strategy/base.py `Warmable`) every `EVERY_S`, one symbol at a time.
 
-A quiet moment: no event handled for `QUIET_S` and no candle due within `LEAD_S`. When a
-candle is due is learned from arrivals: per symbol, the last one plus the median of the recent
-intervals (a minute live; the benchmark's pace against the fake exchange). A frame arriving
-during quiet work or a warm step waits for it (a warm step ~0.2 ms, a young collection ~1 ms):
+A quiet moment: no event queued or handled for `QUIET_S` and no candle due within `LEAD_S`.
+Warm steps too wait `QUIET_S` after an event: the minute's other candles are arriving. When
+a candle is due is learned from arrivals: per symbol, the last one plus the median of the
+recent intervals (a minute live; the benchmark's pace against the fake exchange). A frame
+arriving during quiet work or a warm step waits for it (a warm step ~0.3 ms, a young
+collection ~1 ms):
 the decision-latency benchmark's "from the step's first frame" figures include such waits,
 the daemon's own figure (from the frame handled) does not.
 """
@@ -45,6 +48,9 @@ PATIENCE_S = 2.0  # warm steps stop this long after a candle was due (late or mi
 INTERVALS = 9  # arrivals whose intervals set the expected one (median: a gap is an outlier)
 BACKSTOP_GEN0 = 10_000  # allocations: automatic collection when no quiet moment comes (~1 ms)
 FULL_EVERY_S = 300.0  # the oldest (unfrozen) generation is walked at most this often
+# Deferred jobs run this long per quiet moment at most (a bar's accounting ~0.2 ms: a burst of
+# bars after a reconnect leaves hundreds); the rest wait EVERY_S for the next.
+JOBS_BUDGET_S = 0.002
 
 
 class _Due:
@@ -75,6 +81,8 @@ class Pacer:
         self._last_full_s = 0.0
         self._turn = 0
         self._started = False
+        self._busy = False  # events are being handled: no warm step, no quiet work
+        self._closed = False
         self.collections = [0, 0, 0]  # run in quiet moments, by generation
         self.warm_steps = 0
 
@@ -91,7 +99,11 @@ class Pacer:
         self._started = True
 
     def busy(self) -> None:
-        """An event is being handled (a timer firing at one of its awaits sees it)."""
+        """An event came or is being handled; until `idle`, the timer does nothing (it may
+        fire at one of the event's awaits, or between an event queued and the loop taking it:
+        a warm step there would delay a decision or its orders by the step's ~0.3 ms). The
+        market-data source calls it as it queues an event, the loop as it takes one."""
+        self._busy = True
         self._last_event_s = time.monotonic()
 
     def arrived(self, symbol: str) -> None:
@@ -103,6 +115,7 @@ class Pacer:
     def idle(self) -> None:
         """The loop has no event left to handle: plan the next quiet work or warm step."""
         now_s = time.monotonic()
+        self._busy = False
         self._last_event_s = now_s  # quiet is counted from the end of the last event's work
         if self._timer is None:
             self._arm(now_s)
@@ -110,7 +123,11 @@ class Pacer:
     # -- work for quiet moments ---------------------------------------------------------------
 
     def defer(self, job: Callable[[], None]) -> None:
-        """Run `job` (on the loop) at the next quiet moment, after the jobs deferred before."""
+        """Run `job` (on the loop) at the next quiet moment, after the jobs deferred before;
+        once closed, at once."""
+        if self._closed:
+            job()
+            return
         self._jobs.append(job)
         if self._timer is None:
             self._arm(time.monotonic())
@@ -156,30 +173,47 @@ class Pacer:
 
     def _tick(self) -> None:
         self._timer = None
+        if self._busy:
+            return  # the loop's `idle` arms it again
         now_s = time.monotonic()
+        # Quiet since the last event: also after one candle, for the rest of its minute's
+        # candles are arriving (a warm step between two would delay the second's decision).
+        settled = now_s - self._last_event_s >= QUIET_S
         warming = self._warming(now_s)
         if warming and self._warm is not None:
-            symbol = warming[self._turn % len(warming)]
-            self._turn += 1
-            self._warm(symbol)
-            self.warm_steps += 1
-        elif not warming and now_s - self._last_event_s >= QUIET_S:
+            if settled:
+                symbol = warming[self._turn % len(warming)]
+                self._turn += 1
+                self._warm(symbol)
+                self.warm_steps += 1
+                if all(now_s > (self._due[s].next_s or 0.0) for s in warming):
+                    # Every candle awaited is late: waiting for them (up to PATIENCE_S) would
+                    # starve the deferred work; a late candle waits for one budget at most.
+                    self._quiet_work()
+        elif settled:
             self._quiet_work()
         self._arm(time.monotonic())
 
     def _quiet_work(self) -> None:
-        self._release()
+        if not self._release(JOBS_BUDGET_S):
+            return  # more jobs next time: a frame arriving meanwhile would wait for them all
         if self._started and gc.get_count()[0] >= self._thresholds[0]:
             self._collect()
 
-    def _release(self) -> None:
-        """The deferred jobs, in order, then whoever awaits a quiet moment."""
-        while self._jobs:
-            self._jobs.popleft()()
+    def _release(self, budget_s: float | None = None) -> bool:
+        """The deferred jobs in order, for `budget_s` (at least one; None: all), then, if none
+        is left, whoever awaits a quiet moment. True when none is left."""
+        jobs = self._jobs
+        deadline_s = None if budget_s is None else time.monotonic() + budget_s
+        while jobs:
+            jobs.popleft()()
+            if jobs and deadline_s is not None and time.monotonic() >= deadline_s:
+                return False
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        return True
 
     def _collect(self) -> None:
         _, count1, count2 = gc.get_count()
@@ -195,6 +229,7 @@ class Pacer:
 
     def close(self) -> None:
         """The interpreter's own collection again; deferred jobs run now (nothing is lost)."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

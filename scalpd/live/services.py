@@ -28,7 +28,9 @@ would do in a replay.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,12 +145,21 @@ class DaemonServices:
 
     # -- from the bar loop ---------------------------------------------------------------------
 
-    def on_bar(self, bar: Bar, latency_s: float) -> None:
+    def on_bar(
+        self, bar: Bar, latency_s: float, later: Callable[[Callable[[], None]], None] | None = None
+    ) -> None:
+        """A bar's accounting, after its orders left. `later`: where its model-quality
+        scoring goes (the daemon's pacer, see scalpd/live/pacing.py), else now."""
         metrics = self.metrics
         if metrics is not None:
             metrics.on_bar(bar.symbol, bar.open_time_ms + 60_000)
             metrics.on_decision(latency_s)
-        self.insight.on_bar(bar)
+        seen = self.insight.observe(bar)
+        if seen is not None:
+            if later is None:
+                self.insight.score(seen)
+            else:
+                later(functools.partial(self.insight.score, seen))
 
     def record_models(self) -> list[VersionRecord]:
         """The model versions and version events online learning made at the bar just

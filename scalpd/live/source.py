@@ -145,6 +145,9 @@ class CcxtBarSource:
         self._settings = settings
         self._with_trades = trades
         self._queue: deque[Bar | Gap | Trade] = deque()
+        # Told as each event is queued, before the loop takes it (the daemon's pacer: no
+        # quiet-time work between a frame's arrival and its decision).
+        self.on_queued: Callable[[], None] | None = None
         self._waiter: asyncio.Future[bool] | None = None  # done: an event queued (False), a stop
         self._backfilling: set[str] = set()  # symbols whose klines wait for their watch task
         self._symbol_of = {exchange.market(s)["id"]: s for s in symbols}
@@ -239,6 +242,8 @@ class CcxtBarSource:
 
     def _put(self, event: Bar | Gap | Trade) -> None:
         self._queue.append(event)
+        if self.on_queued is not None:
+            self.on_queued()
         self._wake()
 
     def disconnected_since_s(self) -> float | None:

@@ -456,6 +456,18 @@ class EnsemblePredictor(Predictor):
         return SeriesPrediction(probs, valid, weights)
 
 
+def _runner(
+    net: StreamingNet, backend: str, threads: int | None, onnx_graphs: OnnxGraphs | None
+) -> Runner:
+    if backend == "eager":
+        return TorchRunner(net)
+    if backend == "int8":
+        return TorchRunner(quantize_int8(net))
+    # Exporting takes seconds: callers that build several predictors of one model (one per
+    # symbol) pass the graphs exported once (ModelArtifact does).
+    return OnnxRunner(net, onnx_graphs, threads)
+
+
 def make_predictor(
     net: StreamingNet,
     backend: str = "eager",
@@ -465,10 +477,13 @@ def make_predictor(
     weighter: EnsembleWeighter | None = None,
     horizon_bars: int = 30,
     onnx_graphs: OnnxGraphs | None = None,
+    runner: Runner | None = None,
 ) -> Predictor:
     """A predictor for `net` on `backend` ("eager" | "onnx" | "int8"). `threads` sets torch's
     intra-op threads (process-wide; 1 gives the lowest one-bar latency) and onnxruntime's.
-    For an ensemble, `weighter` (default: uniform) and the label horizon drive the weights."""
+    For an ensemble, `weighter` (default: uniform) and the label horizon drive the weights.
+    `runner`: another predictor's of the same net and backend, to share (see
+    ModelArtifact.predictors); the stream state is the new predictor's own either way."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     net = net.cpu().eval()
@@ -477,15 +492,8 @@ def make_predictor(
         # Dynamic quantisation scales activations per call: shorter chunks keep one outlier
         # bar from coarsening a whole chunk's resolution (mean error 0.02 -> 0.011).
         chunk_bars = min(chunk_bars, 256)
-    runner: Runner
-    if backend == "eager":
-        runner = TorchRunner(net)
-    elif backend == "int8":
-        runner = TorchRunner(quantize_int8(net))
-    else:
-        # Exporting takes seconds: callers that build several predictors of one model (one
-        # per symbol) pass the graphs exported once (ModelArtifact does).
-        runner = OnnxRunner(net, onnx_graphs, threads)
+    if runner is None:
+        runner = _runner(net, backend, threads, onnx_graphs)
     common: dict[str, Any] = {
         "backend": backend,
         "n_features": net.n_features,

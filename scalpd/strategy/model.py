@@ -89,7 +89,7 @@ class StreamingProbabilities:
     ) -> dict[str, Predictor]:
         # One thread: a one-bar step is far too small to split, and a second thread waiting
         # on a busy core turned 150 µs steps into 8 ms ones.
-        return {s: artifact.predictor(backend, threads=1) for s in symbols}
+        return artifact.predictors(backend, symbols, threads=1)
 
     @property
     def symbols(self) -> list[str]:

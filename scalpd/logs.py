@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from collections.abc import Iterable
-from typing import TextIO
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
 import orjson
 import structlog
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_STAMPER = structlog.processors.TimeStamper(fmt="iso", utc=True)
+
+
+def _stamp_unless_stamped(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The line's time: when it was logged, or when a DeferredLog was called."""
+    if "timestamp" in event_dict:
+        return event_dict
+    return _STAMPER(logger, method, event_dict)
+
+
+class DeferredLog:
+    """A structlog logger whose info lines are written later, by `later` (the daemon's quiet
+    moments, scalpd/live/pacing.py), in the order logged and stamped with the time of the call.
+    Formatting and writing a line costs ~50-80 us: on an order's path (its intent, the fill
+    that preceded it) that was a tenth of the decision. Warnings and errors are written at
+    once: a crash must not lose them. What the engine logs at info is all in SQLite too."""
+
+    def __init__(self, log: Any, later: Callable[[Callable[[], None]], None]) -> None:
+        self._log, self._later = log, later
+
+    def info(self, event: str, **kw: Any) -> None:
+        kw.setdefault("timestamp", _STAMPER(None, "info", {})["timestamp"])
+        self._later(functools.partial(self._log.info, event, **kw))
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log.debug(event, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log.warning(event, **kw)
+
+    def error(self, event: str, **kw: Any) -> None:
+        self._log.error(event, **kw)
 
 
 class SecretRedactor(logging.Filter):
@@ -45,7 +78,7 @@ def configure_logging(
     processors: list = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp_unless_stamped,
     ]
     if use_json:
         processors += [

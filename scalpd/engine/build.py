@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from scalpd.config.settings import Settings
 from scalpd.data.bars import BarColumns
@@ -34,11 +35,13 @@ def build_engine(
     on_risk_event: Callable[[RiskEvent], None] | None = None,
     save_risk_state: Callable[[str], None] | None = None,
     portfolio: Portfolio | None = None,
+    log: Any = None,
 ) -> Engine:
     """`replay_bars`: replay only, the whole series it will feed (see run_replay).
     `risk_state`: a restored risk state (the daemon); None: a fresh one (replay). The two
     callbacks: see `Engine`. `portfolio`: a book rebuilt from an earlier run's fills (the
-    daemon, scalpd/live/recovery.py); None: an empty one holding `cash`."""
+    daemon, scalpd/live/recovery.py); None: an empty one holding `cash`. `log`: see
+    `Engine`."""
     return Engine(
         strategy=build_strategy(settings, replay_bars),
         risk=build_risk(settings, risk_state),
@@ -53,6 +56,7 @@ def build_engine(
         portfolio=portfolio if portfolio is not None else portfolio_for(settings, cash),
         on_risk_event=on_risk_event,
         save_risk_state=save_risk_state,
+        log=log,
     )
 
 

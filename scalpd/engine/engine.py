@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -112,10 +112,13 @@ class Engine:
         portfolio: Portfolio | None = None,
         on_risk_event: Callable[[RiskEvent], None] | None = None,
         save_risk_state: Callable[[str], None] | None = None,
+        log: Any = None,
     ) -> None:
         """`on_risk_event`: called with every breaker trip and reset (the daemon alerts);
         `save_risk_state`: called with `risk.state.to_json()` whenever it changed (the daemon
-        stores it, so a restart keeps a halt); neither may block."""
+        stores it, so a restart keeps a halt); neither may block. `log`: where the engine's
+        lines go (a structlog logger; default "scalpd.engine"; the daemon's writes its info
+        lines between candles, scalpd/logs.py DeferredLog)."""
         self._strategy = strategy
         self.risk = risk
         self.on_risk_event = on_risk_event
@@ -132,7 +135,7 @@ class Engine:
         # but its intents are dropped, so a test window starts with warm state and no trades.
         self.trade_from_ms = trade_from_ms
         self.equity_curve = equity_curve
-        self._log = structlog.get_logger("scalpd.engine")
+        self._log = log if log is not None else structlog.get_logger("scalpd.engine")
         self.portfolio = portfolio if portfolio is not None else Portfolio(cash)
         self.open_orders: dict[str, Order] = {}
         # The state of each open order (scalpd/engine/orders.py); ended orders leave.

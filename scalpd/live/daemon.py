@@ -51,13 +51,14 @@ from scalpd.execution.ccxt_broker import CcxtBroker
 from scalpd.execution.sim import SimBroker
 from scalpd.faults import crash_point
 from scalpd.live.book_feed import BookFeed
+from scalpd.live.eager import start_now
 from scalpd.live.exchange import ScalpdBinance, make_exchange, market_rules
 from scalpd.live.learning import RoundRunner
 from scalpd.live.pacing import Pacer
 from scalpd.live.recovery import Recovery, fill_from_row, rebuild_book, recover
 from scalpd.live.services import DaemonServices, ServiceError
 from scalpd.live.source import CcxtBarSource
-from scalpd.logs import configure_logging
+from scalpd.logs import DeferredLog, configure_logging
 from scalpd.ops import alerts, systemd
 from scalpd.ops.alerts import Alerter
 from scalpd.risk.breakers import DAILY_LOSS, MANUAL, TRIP, RiskEvent, RiskState, kind_of
@@ -245,6 +246,7 @@ class Daemon:
                 on_risk_event=self._alert_risk,
                 save_risk_state=lambda state_json: store.save_risk_state(account, state_json),
                 portfolio=book,
+                log=DeferredLog(structlog.get_logger("scalpd.engine"), self._later),
             )
             if isinstance(broker, CcxtBroker):
                 await self._recover(store, engine, broker, exchange, rules)
@@ -383,11 +385,9 @@ class Daemon:
                         self._data_mono_s = time.monotonic()
                 decided = Pending(event, received_ns, time.monotonic_ns(), first, end)
                 self._decided += 1
+                # Its orders leave now (the sender runs at once to its first request's send);
+                # the next candle, of another symbol, is decided during their round trip.
                 self._send_pending(decided, engine, live_broker, exchange)
-                if end > first:
-                    # Let its orders leave now (the sender runs to its first request's send);
-                    # the next candle, of another symbol, is decided during their round trip.
-                    await asyncio.sleep(0)
                 if self.max_bars and self._decided >= self.max_bars:
                     break
             await self._all_sent()
@@ -455,11 +455,14 @@ class Daemon:
         exchange: ScalpdBinance,
     ) -> None:
         """Send the orders of a bar decided, then account for it, in a task chained after the
-        previous bar's: orders leave in decision order, and bars are counted in it."""
-        task = asyncio.create_task(
-            self._send_and_account(decided, self._sending, engine, live_broker, exchange),
-            name="send-orders",
-        )
+        previous bar's: orders leave in decision order, and bars are counted in it. A bar with
+        orders starts its task at once (scalpd/live/eager.py): its first request leaves before
+        the loop turns to the other frames it holds."""
+        coro = self._send_and_account(decided, self._sending, engine, live_broker, exchange)
+        if decided.end > decided.first:
+            task = start_now(coro, name="send-orders")
+        else:
+            task = asyncio.create_task(coro, name="account-bar")
         self._sending = task
         if decided.end > decided.first:
             self._sending_for[decided.bar.symbol] = task

@@ -47,6 +47,10 @@ EVERY_S = 0.003  # one warm step this often (each ~0.2 ms of the loop)
 PATIENCE_S = 2.0  # warm steps stop this long after a candle was due (late or missing)
 INTERVALS = 9  # arrivals whose intervals set the expected one (median: a gap is an outlier)
 BACKSTOP_GEN0 = 10_000  # allocations: automatic collection when no quiet moment comes (~1 ms)
+# A quiet moment collects the young generation from this many allocations on (the
+# interpreter's own 700 is net of frees: a quiet moment rarely sees it, and the backstop then
+# ran mid-decision, ~4 ms each, timed with gc.callbacks in the decision-latency benchmark).
+QUIET_GEN0 = 100
 FULL_EVERY_S = 300.0  # the oldest (unfrozen) generation is walked at most this often
 # Deferred jobs run this long per quiet moment at most (a bar's accounting ~0.2 ms: a burst of
 # bars after a reconnect leaves hundreds); the rest wait EVERY_S for the next.
@@ -117,8 +121,7 @@ class Pacer:
         now_s = time.monotonic()
         self._busy = False
         self._last_event_s = now_s  # quiet is counted from the end of the last event's work
-        if self._timer is None:
-            self._arm(now_s)
+        self._rearm(now_s)
 
     # -- work for quiet moments ---------------------------------------------------------------
 
@@ -129,16 +132,16 @@ class Pacer:
             job()
             return
         self._jobs.append(job)
-        if self._timer is None:
-            self._arm(time.monotonic())
+        if not self._busy:  # else `idle` arms the timer
+            self._rearm(time.monotonic())
 
     def quiet_moment(self) -> asyncio.Future[None]:
         """Resolved at the next quiet moment (await it, then act at once: it is yours until
         your next await)."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if self._timer is None:
-            self._arm(time.monotonic())
+        if not self._busy:
+            self._rearm(time.monotonic())
         return waiter
 
     # -- the timer ----------------------------------------------------------------------------
@@ -156,7 +159,15 @@ class Pacer:
         return out
 
     def _wanted(self) -> bool:
-        return bool(self._jobs or self._waiters) or gc.get_count()[0] >= self._thresholds[0]
+        return bool(self._jobs or self._waiters) or gc.get_count()[0] >= QUIET_GEN0
+
+    def _rearm(self, now_s: float) -> None:
+        """The timer for what is due first now (one armed earlier, say for the next warm
+        window, would hold back the quiet work wanted sooner)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._arm(now_s)
 
     def _arm(self, now_s: float) -> None:
         at: float | None = None
@@ -197,7 +208,7 @@ class Pacer:
     def _quiet_work(self) -> None:
         if not self._release(JOBS_BUDGET_S):
             return  # more jobs next time: a frame arriving meanwhile would wait for them all
-        if self._started and gc.get_count()[0] >= self._thresholds[0]:
+        if self._started and gc.get_count()[0] >= QUIET_GEN0:
             self._collect()
 
     def _release(self, budget_s: float | None = None) -> bool:

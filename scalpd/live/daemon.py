@@ -29,7 +29,6 @@ the data's time, and stale data means `risk.stale_after_s` of wall time with no 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import hashlib
 import signal
@@ -118,10 +117,9 @@ class Pending(NamedTuple):
 
     bar: Bar
     received_ns: int  # its closed candle's frame handled
-    decided_ns: int  # its decision done (its journal commit started)
+    decided_ns: int  # its decision (and the journal commit) done
     first: int  # the outbox items its decision queued: first..end-1 (see CcxtBroker.flush)
     end: int
-    durable: concurrent.futures.Future[None] | None  # its records' commit; None: none
 
 
 class Daemon:
@@ -155,7 +153,6 @@ class Daemon:
         self._sending: asyncio.Task[None] | None = None
         self._sending_for: dict[str, asyncio.Task[None]] = {}
         self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
-        self._deciding = False  # within the engine's handling of a bar
         self.rounds: RoundRunner | None = None  # online learning's rounds, when it is on
         self.pacer: Pacer | None = None  # the loop's quiet-time work, while it runs
         # Held while a bar is synced, decided and sent, and by the control commands that act
@@ -247,10 +244,7 @@ class Daemon:
                 cash=cash,
                 risk_state=risk_state,
                 on_risk_event=self._alert_risk,
-                # During a bar, with the bar's commit (before its orders leave).
-                save_risk_state=lambda state_json: store.save_risk_state(
-                    account, state_json, commit=not self._deciding
-                ),
+                save_risk_state=lambda state_json: store.save_risk_state(account, state_json),
                 portfolio=book,
                 log=DeferredLog(structlog.get_logger("scalpd.engine"), self._later),
             )
@@ -324,8 +318,6 @@ class Daemon:
                 log.info("daemon_stopped", run_id=self.run_id, status=status, **summary)
             self._alert_stopped(status, error)
             await exchange.close()
-            if self.journal is not None:
-                self.journal.close()
             store.close()
             await watchdog.stop()
             await asyncio.to_thread(alerter.close, settings.alerts.timeout_s)
@@ -380,23 +372,18 @@ class Daemon:
                         await live_broker.sync(event)
                         if live_broker.has_unbooked_fills():
                             crash_point("fill_unrecorded")
-                    self._deciding = True
-                    try:
-                        engine.on_bar(event)
-                    finally:
-                        self._deciding = False
+                    engine.on_bar(event)
                     if self.services is not None:  # online learning's versions, with the bar's
                         self.services.record_models()
                     # What the bar recorded (fills, intents, orders) is on disk before any of
-                    # its orders leaves: committed in the journal's thread while the sender
-                    # builds the requests, which wait for it (ScalpdBinance.send_after).
-                    durable = self._commit_soon()
+                    # its orders leaves.
+                    self.commit()
                     end = live_broker.queued_total if live_broker is not None else 0
                     close_ms = event.open_time_ms + 60_000
                     if self._data_ms is None or close_ms >= self._data_ms:
                         self._data_ms = close_ms
                         self._data_mono_s = time.monotonic()
-                decided = Pending(event, received_ns, time.monotonic_ns(), first, end, durable)
+                decided = Pending(event, received_ns, time.monotonic_ns(), first, end)
                 self._decided += 1
                 # Its orders leave now (the sender runs at once to its first request's send);
                 # the next candle, of another symbol, is decided during their round trip.
@@ -495,16 +482,10 @@ class Daemon:
         bar, end_ns = decided.bar, decided.decided_ns
         if live_broker is not None and decided.end > decided.first:
             exchange.first_order_sent_ns = None
-            exchange.send_after = decided.durable
             await live_broker.flush(until=decided.end)
             end_ns = exchange.first_order_sent_ns or end_ns
         latency_s = (end_ns - decided.received_ns) / 1e9
         self.decision_latency_s.append(latency_s)
-        durable = decided.durable
-        if durable is not None:  # a bar counts as handled once its records are on disk
-            if not durable.done():
-                await asyncio.wrap_future(durable)
-            durable.result()
         if self.rounds is not None:  # online learning's share of the bar, its orders out
             self.rounds.after_bar(bar.symbol)  # (in the loop's next quiet moment)
         if live_broker is not None:
@@ -586,10 +567,6 @@ class Daemon:
         (orders sent) and after every batch of reports booked."""
         if self.journal is not None:
             self.journal.flush()
-
-    def _commit_soon(self) -> concurrent.futures.Future[None] | None:
-        """A bar's commit, started in the journal's thread (SqliteJournal.commit_soon)."""
-        return self.journal.commit_soon() if self.journal is not None else None
 
     def _now_ms(self) -> int:
         now_ms = self.risk_now_ms()

@@ -10,16 +10,11 @@ Listeners (`kline_listener`, `trade_listener`) hear of each closed kline and eac
 while its frame is handled, so the bar source can queue it at once rather than after ccxt's
 watch future resolves and a waiting task wakes: several hops of the event loop per frame, each
 behind whatever else is ready (see scalpd/live/source.py).
-
-A request that changes orders (not a GET) waits for `send_after` when one is set: the daemon
-sets the commit of the records it carries, so a request is built and signed while the journal
-writes to disk, and leaves only once they are there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,8 +68,6 @@ class ScalpdBinance(ccxt.pro.binance):
         self.closed_klines: dict[str, deque[dict[str, Any]]] = {}
         # monotonic_ns of the first order placement sent since the daemon reset it to None.
         self.first_order_sent_ns: int | None = None
-        # Requests that change orders wait for it (the daemon: the commit of what they carry).
-        self.send_after: concurrent.futures.Future[None] | None = None
         self.pacer: RequestPacer | None = None  # None: ccxt's own rate limiter
         # Called with the market id once a closed kline is kept in `closed_klines`.
         self.kline_listener: Callable[[str], None] | None = None
@@ -89,13 +82,6 @@ class ScalpdBinance(ccxt.pro.binance):
             await asyncio.sleep(wait_s)
 
     async def fetch(self, url, method="GET", headers=None, body=None):  # type: ignore[override]
-        gate = self.send_after
-        if gate is not None and method != "GET":
-            # Built and signed while the journal's commit ran; it leaves once that is on disk
-            # (a failed commit raises here: nothing it would act on leaves). The rest of the
-            # fsync is waited for here, holding the loop: awaited, the request would leave
-            # only after whatever the loop turned to meanwhile (the minute's other decisions).
-            gate.result()
         if (
             self.first_order_sent_ns is None
             and method == "POST"

@@ -11,7 +11,6 @@ marks its run completed only at the very end, so a crash never leaves a run that
 
 from __future__ import annotations
 
-import concurrent.futures
 import sqlite3
 import time
 from pathlib import Path
@@ -199,9 +198,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            # Shareable with a journal's commit thread (SqliteJournal.commit_soon); SQLite
-            # itself serializes the calls (sqlite3.threadsafety 3).
-            self.db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
+            self.db = sqlite_utils.Database(path)
             self.conn: sqlite3.Connection = self.db.conn
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -296,20 +293,18 @@ class Store:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def save_risk_state(self, account: str, state_json: str, *, commit: bool = True) -> None:
+    def save_risk_state(self, account: str, state_json: str) -> None:
         """Store (or replace) the risk state of an account (e.g. "binance:main" or a run id).
 
-        Committed at once (commit=False: with the caller's next commit, before it acts), and
-        as durably as the connection's journal runs (synchronous=FULL under a live or paper
-        journal): a lost halt would let a restarted daemon trade."""
+        Committed at once, and as durably as the connection's journal runs (synchronous=FULL
+        under a live or paper journal): a lost halt would let a restarted daemon trade."""
         self.conn.execute(
             "INSERT INTO risk_state(account, updated_ms, state_json) VALUES (?, ?, ?) "
             "ON CONFLICT(account) DO UPDATE SET updated_ms=excluded.updated_ms, "
             "state_json=excluded.state_json",
             (account, _now_ms(), state_json),
         )
-        if commit:
-            self.conn.commit()
+        self.conn.commit()
 
     def load_risk_state(self, account: str) -> str | None:
         """The account's risk state JSON as last saved; None when it has none."""
@@ -478,7 +473,6 @@ class SqliteJournal:
         self._run = run_id
         self._durable = durable
         self._pending = 0
-        self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
 
     def _done(self) -> None:
@@ -491,28 +485,6 @@ class SqliteJournal:
     def flush(self) -> None:
         self._conn.commit()
         self._pending = 0
-
-    def commit_soon(self) -> concurrent.futures.Future[None] | None:
-        """Start committing what was recorded in the journal's own thread, and return the
-        commit's future (None: nothing to commit). sqlite3 lets go of the interpreter lock for
-        the write and its fsync (~0.5 ms on the benchmark's disk, more at its tail), so the
-        caller goes on meanwhile (the daemon builds the bar's order requests) and waits for
-        the future before acting on the records. Until the commit is done, other calls on the
-        connection wait for it: SQLite serializes them."""
-        if not self._conn.in_transaction:
-            return None
-        if self._committer is None:
-            self._committer = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="sqlite-commit"
-            )
-        self._pending = 0
-        return self._committer.submit(self._conn.commit)
-
-    def close(self) -> None:
-        """Wait for a commit started by `commit_soon`, and let its thread go."""
-        if self._committer is not None:
-            self._committer.shutdown(wait=True)
-            self._committer = None
 
     def record_intent(self, intent: OrderIntent, decision: Decision) -> None:
         self._conn.execute(

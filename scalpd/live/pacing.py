@@ -191,18 +191,20 @@ class Pacer:
         # candles are arriving (a warm step between two would delay the second's decision).
         settled = now_s - self._last_event_s >= QUIET_S
         warming = self._warming(now_s)
-        if warming and self._warm is not None:
-            if settled:
+        if not settled:
+            pass
+        elif not warming:
+            self._quiet_work()
+        else:
+            if self._warm is not None:
                 symbol = warming[self._turn % len(warming)]
                 self._turn += 1
                 self._warm(symbol)
                 self.warm_steps += 1
-                if all(now_s > (self._due[s].next_s or 0.0) for s in warming):
-                    # Every candle awaited is late: waiting for them (up to PATIENCE_S) would
-                    # starve the deferred work; a late candle waits for one budget at most.
-                    self._quiet_work()
-        elif settled:
-            self._quiet_work()
+            if all(now_s > (self._due[s].next_s or 0.0) for s in warming):
+                # Every candle awaited is late: waiting for them (up to PATIENCE_S) would
+                # starve the deferred work; a late candle waits for one budget at most.
+                self._quiet_work()
         self._arm(time.monotonic())
 
     def _quiet_work(self) -> None:

@@ -195,7 +195,13 @@ def train_bench_model(
 
 
 def _fake_exchange_main(conn: Any, bars: dict[str, dict[str, np.ndarray]]) -> None:
-    """Child process: serve the fake exchange and step it on the parent's commands."""
+    """Child process: serve the fake exchange and step it on the parent's commands. Without
+    the cyclic garbage collector: it stands in for Binance, and its full collections (25-120 ms
+    each, timed with gc.callbacks in this process) showed in the daemon's latency through the
+    order answers a bar waits for (a bar's decision sees what its symbol's orders did)."""
+    import gc
+
+    gc.disable()
     asyncio.run(_serve_fake(conn, bars))
 
 

@@ -10,9 +10,10 @@ as by the decision itself. Three kinds of work are moved to the quiet time betwe
   objects torch, ccxt and the models leave after start-up at ~240 ms each (a quarter of a
   second in which no candle is handled). So at start (`start`): `gc.freeze()` (what is alive
   then lives as long as the process: modules, markets, models; the collector never walks it
-  again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, for a loop that never
-  goes quiet); the collections the interpreter would have run are run in quiet moments,
-  youngest first, a full one at most every `FULL_EVERY_S`.
+  again), and automatic collection only as a backstop (`BACKSTOP_GEN0`, `BACKSTOP_GEN2`, for
+  a loop that never goes quiet); the collections the interpreter would have run are run in
+  quiet moments, youngest first, a full one at most every `FULL_EVERY_S` and only when no
+  candle is due for `FULL_LEAD_S`.
 - **Deferred jobs** (`defer`, `quiet_moment`): a bar's accounting (its log line, its
   model-quality scoring) and online learning's work after a decision and its hand-offs
   (scalpd/live/learning.py) wait for a quiet moment too, `JOBS_BUDGET_S` of them at a time.
@@ -52,6 +53,12 @@ BACKSTOP_GEN0 = 10_000  # allocations: automatic collection when no quiet moment
 # ran mid-decision, ~4 ms each, timed with gc.callbacks in the decision-latency benchmark).
 QUIET_GEN0 = 100
 FULL_EVERY_S = 300.0  # the oldest (unfrozen) generation is walked at most this often
+# ... and only with no candle due within FULL_LEAD_S (it takes ~0.3-0.5 s, timed with
+# gc.callbacks in the decision-latency benchmark). The interpreter's own full collection, which
+# the quiet moments' younger ones would bring on mid-decision once their count passes its
+# threshold (10), waits for BACKSTOP_GEN2 of them instead (seen: stalls of 0.25 and 1.9 s).
+FULL_LEAD_S = 1.0
+BACKSTOP_GEN2 = 1_000
 # Deferred jobs run this long per quiet moment at most (a bar's accounting ~0.2 ms: a burst of
 # bars after a reconnect leaves hundreds); the rest wait EVERY_S for the next.
 JOBS_BUDGET_S = 0.002
@@ -99,7 +106,7 @@ class Pacer:
         gc.freeze()
         self._last_full_s = time.monotonic()
         t0, t1, t2 = self._thresholds
-        gc.set_threshold(max(t0, BACKSTOP_GEN0), t1, t2)
+        gc.set_threshold(max(t0, BACKSTOP_GEN0), t1, max(t2, BACKSTOP_GEN2))
         self._started = True
 
     def busy(self) -> None:
@@ -235,10 +242,17 @@ class Pacer:
         if count1 >= t1:
             generation = 1
             now_s = time.monotonic()
-            if count2 >= t2 and now_s - self._last_full_s >= FULL_EVERY_S:
+            if (
+                count2 >= t2
+                and now_s - self._last_full_s >= FULL_EVERY_S
+                and not self._due_within(now_s, FULL_LEAD_S)
+            ):
                 generation, self._last_full_s = 2, now_s
         gc.collect(generation)
         self.collections[generation] += 1
+
+    def _due_within(self, now_s: float, window_s: float) -> bool:
+        return any(d.next_s is not None and d.next_s - now_s < window_s for d in self._due.values())
 
     def close(self) -> None:
         """The interpreter's own collection again; deferred jobs run now (nothing is lost)."""

@@ -29,7 +29,6 @@ the data's time, and stale data means `risk.stale_after_s` of wall time with no 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import signal
 import sys
@@ -155,6 +154,8 @@ class Daemon:
         self._decided = 0  # bars decided (counted at once; bars_processed when accounted)
         self.rounds: RoundRunner | None = None  # online learning's rounds, when it is on
         self.pacer: Pacer | None = None  # the loop's quiet-time work, while it runs
+        # Lines written in the loop's quiet moments, stamped when logged (scalpd/logs.py).
+        self._quiet_log = DeferredLog(log, self._later)
         # Held while a bar is synced, decided and sent, and by the control commands that act
         # (flatten, reload-model): they land between bars, and a flush never interleaves.
         self.bar_lock = asyncio.Lock()
@@ -492,10 +493,15 @@ class Daemon:
             await self._check_resting(live_broker, bar.symbol)
         # The bar's line and its model-quality scoring wait for a quiet moment: done now,
         # they would delay the decisions of the minute's other candles (~0.3 ms a bar).
-        later = self._later
         if self.services is not None:
-            self.services.on_bar(bar, latency_s, later)
-        later(functools.partial(_log_bar, bar, engine.equity()))
+            self.services.on_bar(bar, latency_s, self._later)
+        self._quiet_log.info(
+            "bar",
+            symbol=bar.symbol,
+            open_time_ms=bar.open_time_ms,
+            close=bar.close,
+            equity=round(engine.equity(), 2),
+        )
         async with self._progress:
             self.bars_processed += 1
             self._progress.notify_all()
@@ -641,16 +647,6 @@ class Daemon:
             "malformed_messages": src.malformed if src else 0,
             "broker_anomalies": getattr(self.broker, "anomalies", 0),
         }
-
-
-def _log_bar(bar: Bar, equity: float) -> None:
-    log.info(
-        "bar",
-        symbol=bar.symbol,
-        open_time_ms=bar.open_time_ms,
-        close=bar.close,
-        equity=round(equity, 2),
-    )
 
 
 class TickRecording:

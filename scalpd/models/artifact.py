@@ -83,8 +83,9 @@ class ModelArtifact:
         """One predictor per symbol, each with its own stream (and ensemble weights), all on
         one runner: one copy of the weights (one ONNX session), so that the second and third
         symbols' steps of a minute find them in the CPU's caches where the first left them.
-        Measured with `scalpd bench decision_latency` (ensemble, ONNX): a symbol's model step
-        after another's cost about as much as the first (~470 us) with a session each."""
+        Timed in `scalpd bench decision_latency` (ensemble, ONNX): the second and third
+        symbols' strategy steps took ~470 us each with a session each, as the first did, and
+        ~300 us sharing one."""
         out: dict[str, Predictor] = {}
         for symbol in symbols:
             shared = next(iter(out.values())).runner if out else None

@@ -461,12 +461,11 @@ class Daemon:
         the loop turns to the other frames it holds."""
         coro = self._send_and_account(decided, self._sending, engine, live_broker, exchange)
         if decided.end > decided.first:
-            task = start_now(coro, name="send-orders")
+            self._sending = self._sending_for[decided.bar.symbol] = start_now(
+                coro, name="send-orders"
+            )
         else:
-            task = asyncio.create_task(coro, name="account-bar")
-        self._sending = task
-        if decided.end > decided.first:
-            self._sending_for[decided.bar.symbol] = task
+            self._sending = asyncio.create_task(coro, name="account-bar")
 
     async def _send_and_account(
         self,

@@ -489,8 +489,8 @@ class Observed(NamedTuple):
 
 
 class Insight:
-    """One daemon run's monitors: `start` and `close` with the services, `on_bar` from the bar's
-    accounting (after its orders left), the status parts on request."""
+    """One daemon run's monitors: `start` and `close` with the services, `observe` from the
+    bar's accounting (after its orders left) and `score` later, the status parts on request."""
 
     def __init__(self, engine: Any, *, importance_budget_s: float = IMPORTANCE_BUDGET_S) -> None:
         self.engine = engine
@@ -547,9 +547,6 @@ class Insight:
             self._importance = None
         self._executor.shutdown(wait=False)
         self.logs.uninstall()
-
-    def on_bar(self, bar: Bar) -> None:
-        self.score(self.observe(bar))
 
     def observe(self, bar: Bar) -> Observed | None:
         """What scoring `bar` needs, read now, right after its decision: the strategy's state

@@ -88,6 +88,7 @@ class Pacer:
         self._jobs: deque[Callable[[], None]] = deque()
         self._waiters: list[asyncio.Future[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it fires (monotonic s)
         self._last_event_s = 0.0  # the loop's last activity: an event begun or finished
         self._last_full_s = 0.0
         self._turn = 0
@@ -153,15 +154,15 @@ class Pacer:
 
     # -- the timer ----------------------------------------------------------------------------
 
-    def _warming(self, now_s: float) -> list[str]:
-        """Symbols whose candle is due within LEAD_S (or late, up to PATIENCE_S)."""
+    def _warming(self, now_s: float, within_s: float = LEAD_S) -> list[str]:
+        """Symbols whose candle is due within `within_s` (or late, up to PATIENCE_S)."""
         out = []
         for symbol, due in self._due.items():
             if due.next_s is None:
                 continue
             if now_s > due.next_s + PATIENCE_S:
                 due.next_s = None  # it never came: wait for the next arrival
-            elif now_s >= due.next_s - LEAD_S:
+            elif now_s >= due.next_s - within_s:
                 out.append(symbol)
         return out
 
@@ -169,14 +170,27 @@ class Pacer:
         return bool(self._jobs or self._waiters) or gc.get_count()[0] >= QUIET_GEN0
 
     def _rearm(self, now_s: float) -> None:
-        """The timer for what is due first now (one armed earlier, say for the next warm
-        window, would hold back the quiet work wanted sooner)."""
+        """The timer for what is due first now: one armed earlier for later (say the next
+        warm window) would hold back the quiet work wanted sooner; one that comes first
+        stays (no timer made again for each deferred job)."""
+        at = self._next_s(now_s)
         if self._timer is not None:
+            if at is None or self._timer_at <= at:
+                return
             self._timer.cancel()
             self._timer = None
-        self._arm(now_s)
+        self._arm_at(now_s, at)
 
     def _arm(self, now_s: float) -> None:
+        self._arm_at(now_s, self._next_s(now_s))
+
+    def _arm_at(self, now_s: float, at: float | None) -> None:
+        if at is not None:
+            self._timer = asyncio.get_running_loop().call_later(at - now_s, self._tick)
+            self._timer_at = at
+
+    def _next_s(self, now_s: float) -> float | None:
+        """When the timer should fire next (monotonic s); None: nothing to do."""
         at: float | None = None
         if self._warm is not None:
             starts = [d.next_s - LEAD_S for d in self._due.values() if d.next_s is not None]
@@ -185,9 +199,8 @@ class Pacer:
             quiet_at = self._last_event_s + QUIET_S
             at = quiet_at if at is None else min(at, quiet_at)
         if at is None:
-            return
-        delay_s = at - now_s if at > now_s else EVERY_S  # a window open now: the next step
-        self._timer = asyncio.get_running_loop().call_later(delay_s, self._tick)
+            return None
+        return at if at > now_s else now_s + EVERY_S  # a window open now: the next step
 
     def _tick(self) -> None:
         self._timer = None
@@ -245,14 +258,11 @@ class Pacer:
             if (
                 count2 >= t2
                 and now_s - self._last_full_s >= FULL_EVERY_S
-                and not self._due_within(now_s, FULL_LEAD_S)
+                and not self._warming(now_s, FULL_LEAD_S)
             ):
                 generation, self._last_full_s = 2, now_s
         gc.collect(generation)
         self.collections[generation] += 1
-
-    def _due_within(self, now_s: float, window_s: float) -> bool:
-        return any(d.next_s is not None and d.next_s - now_s < window_s for d in self._due.values())
 
     def close(self) -> None:
         """The interpreter's own collection again; deferred jobs run now (nothing is lost)."""

@@ -146,20 +146,17 @@ class DaemonServices:
     # -- from the bar loop ---------------------------------------------------------------------
 
     def on_bar(
-        self, bar: Bar, latency_s: float, later: Callable[[Callable[[], None]], None] | None = None
+        self, bar: Bar, latency_s: float, later: Callable[[Callable[[], None]], None]
     ) -> None:
         """A bar's accounting, after its orders left. `later`: where its model-quality
-        scoring goes (the daemon's pacer, see scalpd/live/pacing.py), else now."""
+        scoring goes (the daemon's quiet moments, see scalpd/live/pacing.py)."""
         metrics = self.metrics
         if metrics is not None:
             metrics.on_bar(bar.symbol, bar.open_time_ms + 60_000)
             metrics.on_decision(latency_s)
         seen = self.insight.observe(bar)
         if seen is not None:
-            if later is None:
-                self.insight.score(seen)
-            else:
-                later(functools.partial(self.insight.score, seen))
+            later(functools.partial(self.insight.score, seen))
 
     def record_models(self) -> list[VersionRecord]:
         """The model versions and version events online learning made at the bar just

@@ -42,7 +42,7 @@ class Strategy(Protocol):
 
 class Warmable(Protocol):
     """A strategy whose first step after a pause is costly (a model's, caches gone cold) may
-    let the daemon warm it before a candle is due (scalpd/live/prewarm.py)."""
+    let the daemon warm it before a candle is due (scalpd/live/pacing.py)."""
 
     def warm(self, symbol: str) -> None:
         """A throwaway step of `symbol`'s costly part: nothing it decides with changes."""

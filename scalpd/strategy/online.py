@@ -184,7 +184,8 @@ class RoundJob:
         return candidate, _weights(candidate.net) if candidate.verdict.accept else None
 
     def predictor_for(self, candidate: Candidate) -> Predictor:
-        """An approved candidate's predictor, fed the job's context rows (a worker thread)."""
+        """An approved candidate's predictor, fed the job's context rows (on the daemon's
+        loop, at the hand-off)."""
         return OnlineModel._rebuilt(candidate.net, self.context)
 
 

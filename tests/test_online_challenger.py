@@ -126,8 +126,8 @@ LABEL = LabelParams(take_profit_bps=15, stop_loss_bps=15, horizon_bars=15)
 # Rounds only when a test asks (request_round): "trade" with no fills never fires.
 ONLINE = {
     "enabled": True, "update_every": "trade", "max_steps": 10, "base_lr": 2.5e-3,
-    "lr_vol_power": 0.0, "seq_len": 32, "recent_bars": 240, "holdout_bars": 120, "seed": 0,
-    "challenger_min_bars": 60, "probation_bars": 120,
+    "lr_vol_power": 0.0, "seq_len": 32, "batch_size": 32, "recent_bars": 240,
+    "holdout_bars": 120, "seed": 0, "challenger_min_bars": 60, "probation_bars": 120,
 }  # fmt: skip
 ROUND_AT = 2200  # bars fed before the round under test
 

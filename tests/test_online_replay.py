@@ -28,10 +28,11 @@ LABEL = LabelParams(take_profit_bps=15, stop_loss_bps=15, horizon_bars=15)
 # flow (the pattern's sign flips) and volatility rises 1.5x (as tests/test_online_learning.py).
 CHANGE = RegimeChange(at_fraction=0.4, flow_drift_sigmas_after=-0.5, volatility_mult=1.5)
 DAYS = 4
-# Small rounds for a tiny model: hourly, 10 steps on windows of 32 bars, a constant rate.
+# Small rounds for a tiny model: hourly, 10 steps of 32 windows of 32 bars, a constant rate.
 ONLINE = {
     "enabled": True, "update_every": "hour", "max_steps": 10, "base_lr": 2.5e-3,
-    "lr_vol_power": 0.0, "seq_len": 32, "recent_bars": 240, "holdout_bars": 120, "seed": 0,
+    "lr_vol_power": 0.0, "seq_len": 32, "batch_size": 32, "recent_bars": 240, "holdout_bars": 120,
+    "seed": 0,
     "replay_weights": True,  # the weights are compared below
 }  # fmt: skip
 

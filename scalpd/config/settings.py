@@ -572,11 +572,11 @@ class OnlineSettings(Section):
     update_every: Literal["trade", "hour", "day"] = Field(
         "hour", description="a round after each closed trade, each bar-time hour, or each day"
     )
-    max_steps: int = Field(20, ge=1, le=100_000, description="optimiser steps per round")
+    max_steps: int = Field(4, ge=1, le=100_000, description="optimiser steps per round")
     budget_ms: float = Field(
         250.0, gt=0, description="ms, live only: a round stops here (replay counts steps only)"
     )
-    base_lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate per step")
+    base_lr: float = Field(5e-4, gt=0, le=1, description="Adam learning rate per step")
     lr_decay: float = Field(
         1.0, gt=0, le=1, description="learning rate multiplied by this after each round"
     )
@@ -592,7 +592,7 @@ class OnlineSettings(Section):
     lr_min_mult: float = Field(0.25, gt=0, description="least volatility multiplier of the lr")
     lr_max_mult: float = Field(4.0, gt=0, description="largest volatility multiplier of the lr")
     seq_len: int = Field(64, ge=1, description="bars per training window (its last one scored)")
-    batch_size: int = Field(32, ge=1, le=4096, description="windows per optimiser step")
+    batch_size: int = Field(16, ge=1, le=4096, description="windows per optimiser step")
     recent_bars: int = Field(
         1440, ge=1, description="bars: windows ending in the newest this many are 'recent'"
     )

@@ -221,7 +221,7 @@ def fine_tune_copy(
     max_steps: int,
     lr: float,
     anchor_l2: float,
-    grad_clip: float = 1.0,
+    grad_clip: float = _DEFAULTS.grad_clip,
     budget_ms: float | None = None,
 ) -> tuple[SeqNet, list[float]]:
     """A deep copy of `approved` after up to `max_steps` Adam steps (fewer when `budget_ms`
@@ -232,7 +232,10 @@ def fine_tune_copy(
     net = copy.deepcopy(approved)
     anchor = [p.detach() for p in approved.parameters()]
     params = list(net.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    # The fused update is one kernel for all tensors (~4x less time than Adam's loop over
+    # them, a fifth of a small step) where the device has it.
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    opt = torch.optim.Adam(params, lr=lr, fused=fused)
     deadline = None if budget_ms is None else time.perf_counter() + budget_ms / 1e3
     losses: list[float] = []
     net.train()
@@ -240,10 +243,12 @@ def fine_tune_copy(
         if deadline is not None and losses and time.perf_counter() >= deadline:
             break
         data = batch_loss(net, next_batch())
-        pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
-        loss = data + 0.5 * anchor_l2 * pull
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        data.backward()
+        with torch.no_grad():  # the pull's gradient, anchor_l2 * (w - w_approved), added as is
+            for p, a in zip(params, anchor, strict=True):
+                pull = torch.sub(p, a).mul_(anchor_l2)
+                p.grad = pull if p.grad is None else p.grad.add_(pull)
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         losses.append(float(data.detach()))
@@ -312,11 +317,11 @@ class OnlineTrainer:
         self,
         net: SeqNet,
         lr_rule: VolatilityLr | None = None,
-        capacity: int = 10_000,
-        seq_len: int = 64,
-        batch_size: int = 32,
-        seed: int = 0,
-        grad_clip: float = 1.0,
+        capacity: int = _DEFAULTS.capacity_bars,
+        seq_len: int = _DEFAULTS.seq_len,
+        batch_size: int = _DEFAULTS.batch_size,
+        seed: int = _DEFAULTS.seed,
+        grad_clip: float = _DEFAULTS.grad_clip,
     ) -> None:
         self.net, self.lr_rule = net, lr_rule or VolatilityLr()
         self.buffer = ReplayBuffer(net.n_features, capacity)

@@ -63,7 +63,7 @@ from scalpd.models.artifact import ModelArtifact
 from scalpd.models.backends import Predictor, make_predictor
 from scalpd.models.challenger import Trial, challenger_decides
 from scalpd.models.errors import ModelError
-from scalpd.models.labels import LabelParams, log_loss_rows
+from scalpd.models.labels import LabelParams
 from scalpd.models.nets import SeqNet
 from scalpd.models.online import Candidate, OnlineLearner, OnlineParams, VolatilityLr
 from scalpd.models.versions import ModelVersion, VersionEvent, VersionEventKind, VersionRecord
@@ -138,9 +138,13 @@ class _SymbolModel:
         return [s for s in (self.champion, self.challenger, self.previous) if s is not None]
 
 
+_SIDES = np.arange(2)
+
+
 def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Nats, averaged over both sides (long, short), of one bar's prediction."""
-    return float(log_loss_rows(probs[None], y[None])[0])
+    """Nats, averaged over both sides (long, short), of one bar's prediction: log_loss_rows's
+    arithmetic (same dtype, same order) without its gathers, twice a bar for each model."""
+    return float(-np.log(np.maximum(probs[_SIDES, y], 1e-12)).mean())
 
 
 def _weights(net: SeqNet) -> bytes:

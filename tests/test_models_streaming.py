@@ -10,7 +10,7 @@ import torch
 
 from scalpd.data.bars import BarColumns
 from scalpd.data.parquet import read_parquet
-from scalpd.models.backends import EnsemblePredictor, make_predictor
+from scalpd.models.backends import EnsemblePredictor, make_predictor, quantize_int8
 from scalpd.models.basic_features import basic_features
 from scalpd.models.ensemble import EnsembleWeighter
 from scalpd.models.labels import LabelParams, label_bars
@@ -143,3 +143,31 @@ def test_ensemble_streaming_equals_batch(month: tuple[BarColumns, np.ndarray]) -
     both = valid & (regime == 1) & lstm.valid
     assert both.any()
     assert np.abs(series.probs[both] - lstm.probs[both]).max() < TOLERANCE
+
+
+def test_tcn_numpy_step_equals_its_torch_step() -> None:
+    """The eager TCN steps in numpy (scalpd/models/nets.py numpy_stepper): bar by bar it gives
+    the torch step's logits, through NaN and infinite features and after state built by a torch
+    chunk; it reads the weights in place (an optimiser's update is seen); int8 keeps torch."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 12)).astype(np.float32)
+    x[50, 3], x[51, 0], x[52, 5] = np.nan, np.inf, -1e38
+    net = _net({"kind": "tcn", "n_features": 12, "hidden": 16, "levels": 3}, x)
+    np_step, torch_step = net.numpy_stepper(), net.stepper()
+    assert np_step is not None
+
+    def both(rows: np.ndarray, np_state: list, t_state: list) -> tuple[list, list]:
+        for row in rows:
+            a, np_state = np_step(row, np_state)
+            with torch.inference_mode():
+                b, t_state = torch_step(torch.from_numpy(row)[None], t_state)
+            np.testing.assert_allclose(a, b[0].numpy(), atol=1e-5, rtol=1e-5)
+        return np_state, t_state
+
+    with torch.inference_mode():  # state after a chunk of 100 bars, shared by both paths
+        _, chunked = net.forward_chunk(torch.from_numpy(x[:100])[None], net.initial_state(1))
+    np_state, t_state = both(x[100:], [s.numpy() for s in chunked], chunked)
+    with torch.no_grad():
+        net.head.bias.add_(0.5)  # in place, as Adam does
+    both(x[:80], np_state, t_state)
+    assert quantize_int8(net).numpy_stepper() is None  # type: ignore[operator]

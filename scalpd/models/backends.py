@@ -133,20 +133,31 @@ class TorchRunner:
         else:
             self._step = net.stepper()
             self._chunk = net.forward_chunk
+        # A network with a numpy one-bar step (the TCN) keeps its state as arrays: steps in
+        # numpy, chunks in torch on the same memory.
+        numpy_stepper = getattr(net, "numpy_stepper", None)
+        self._np_step = numpy_stepper() if numpy_stepper is not None else None
 
-    def initial_state(self) -> list[Tensor]:
-        return self.net.initial_state(1)
+    def initial_state(self) -> list[Any]:
+        state = self.net.initial_state(1)
+        return [s.numpy() for s in state] if self._np_step is not None else state
 
-    def step(self, x: np.ndarray, state: list[Tensor]) -> tuple[np.ndarray, list[Tensor]]:
+    def step(self, x: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        if self._np_step is not None:
+            logits, state = self._np_step(np.asarray(x, dtype=np.float32), state)
+            return softmax(logits).astype(np.float32, copy=False), state
         self._x_np[:] = x
         with torch.inference_mode():
             logits, state = self._step(self._x, state)
             return torch.softmax(logits, dim=-1).numpy()[0], state
 
-    def chunk(self, x: np.ndarray, state: list[Tensor]) -> tuple[np.ndarray, list[Tensor]]:
+    def chunk(self, x: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        arrays = self._np_step is not None
+        if arrays:
+            state = [torch.from_numpy(s) for s in state]
         with torch.inference_mode():
             logits, state = self._chunk(torch.from_numpy(x).unsqueeze(0), state)
-            return logits[0].numpy(), state
+            return logits[0].numpy(), [s.numpy() for s in state] if arrays else state
 
 
 def quantize_int8(net: StreamingNet) -> StreamingNet:

@@ -44,6 +44,8 @@ _MASKED = -1e4  # an additive attention mask: exp(-1e4) is exactly 0 in float32
 
 
 Step = Callable[[Tensor, State], tuple[Tensor, State]]
+# x [F] float32 -> logits [2, 3] and the new state (arrays).
+NumpyStep = Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
 
 
 # At one bar, the cost of a step is per-operation overhead, not arithmetic: nn.Module's call
@@ -309,6 +311,68 @@ class TCN(SeqNet):
                 h = torch.relu(h + torch.relu(a))
                 new += [b1, b2]
             return head(h).view(-1, N_SIDES, N_CLASSES), new
+
+        return step
+
+    def numpy_stepper(self) -> NumpyStep | None:
+        """`stepper()` in numpy, on float32 views of the weights (in-place updates are seen):
+        the same arithmetic to float tolerance in ~1/3 of the time, since at one bar the cost is
+        per-operation overhead and numpy's is a fraction of torch's. The state is stepper()'s
+        as arrays ([1, memory, C] per convolution; torch.from_numpy / .numpy() convert it
+        without a copy). None when a layer is not a plain Linear (int8 keeps the torch step)."""
+        linears = [self.inp, self.head] + [
+            conv.lin
+            for block in self.blocks
+            for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
+        ]
+        if any(type(m) is not nn.Linear or m.weight.device.type != "cpu" for m in linears):
+            return None
+
+        def view(t: Tensor) -> np.ndarray:
+            return t.detach().numpy()
+
+        mean, std, clip = view(self.norm.mean), view(self.norm.std), self.norm.clip
+        # W @ x on the weights as stored ([out, in], C order): BLAS's matrix-vector product;
+        # x @ W.T would take numpy's slow path for a transposed view.
+        inp_w, inp_b = view(self.inp.weight), view(self.inp.bias)
+        head_w, head_b = view(self.head.weight), view(self.head.bias)
+        convs = [
+            (np.arange(0, conv.memory + 1, conv.dilation), view(conv.lin.weight),
+             view(conv.lin.bias))
+            for block in self.blocks
+            for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
+        ]  # fmt: skip
+
+        def conv(i: int, a: np.ndarray, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            taps_at, w, b = convs[i]
+            xp = np.concatenate((buf[0], a[None]))  # [memory + 1, C]: a new array
+            out = w @ xp[taps_at].reshape(-1)  # taps x[t-(k-1)d], .., x[t]
+            out += b
+            np.maximum(out, 0.0, out=out)
+            return out, xp[None, 1:]  # the state: a view of the new array, never of the old
+
+        def step(x: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as torch
+                return arithmetic(x, state)
+
+        def arithmetic(
+            x: np.ndarray, state: list[np.ndarray]
+        ) -> tuple[np.ndarray, list[np.ndarray]]:
+            h = np.nan_to_num((x - mean) / std, nan=0.0)
+            np.clip(h, -clip, clip, out=h)
+            h = inp_w @ h
+            h += inp_b
+            np.maximum(h, 0.0, out=h)
+            new: list[np.ndarray] = []
+            for i in range(0, len(convs), 2):
+                a, b1 = conv(i, h, state[i])
+                a, b2 = conv(i + 1, a, state[i + 1])
+                h = h + a
+                np.maximum(h, 0.0, out=h)
+                new += [b1, b2]
+            logits = head_w @ h
+            logits += head_b
+            return logits.reshape(N_SIDES, N_CLASSES), new
 
         return step
 

@@ -358,8 +358,9 @@ class TCN(SeqNet):
         def arithmetic(
             x: np.ndarray, state: list[np.ndarray]
         ) -> tuple[np.ndarray, list[np.ndarray]]:
-            h = np.nan_to_num((x - mean) / std, nan=0.0)
-            np.clip(h, -clip, clip, out=h)
+            h = (x - mean) / std
+            np.clip(h, -clip, clip, out=h)  # +-inf -> +-clip, as torch's nan_to_num then clamp
+            np.copyto(h, 0.0, where=np.isnan(h))
             h = inp_w @ h
             h += inp_b
             np.maximum(h, 0.0, out=h)

@@ -144,7 +144,8 @@ _SIDES = np.arange(2)
 def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
     """Nats, averaged over both sides (long, short), of one bar's prediction: log_loss_rows's
     arithmetic (same dtype, same order) without its gathers, twice a bar for each model."""
-    return float(-np.log(np.maximum(probs[_SIDES, y], 1e-12)).mean())
+    nats = np.log(np.maximum(probs[_SIDES, y], 1e-12))
+    return float(-(nats[0] + nats[1]) / 2)  # .mean()'s sum and division, in the same dtype
 
 
 def _weights(net: SeqNet) -> bytes:

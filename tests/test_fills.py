@@ -167,8 +167,10 @@ def test_partial_fills_across_bars_then_the_bracket_on_what_was_filled() -> None
     for i in (1, 2, 3):
         got.append(b.on_bar(bar(i, 50_000.0, 50_000.0, 49_800.0, 49_950.0, volume=2.0)))
     assert [(f.qty, f.time_ms) for f in got[0] + got[1]] == [(0.2, T + 2 * M), (0.2, T + 3 * M)]
-    fill, tp, sl = got[2]
+    fill, tp, sl, tp_open, sl_open = got[2]
     assert (fill.qty, fill.price) == (0.1, 49_900.0)
+    assert (tp_open.client_id, sl_open.client_id) == (tp.client_id, sl.client_id)
+    assert tp_open.status is sl_open.status is OrderStatus.OPEN
     # 49,900 * 1.004 = 50,099.6; * 0.9975 = 49,775.25.
     assert (tp.qty, tp.price, sl.qty, sl.price) == (0.4999, 50_099.6, 0.4999, 49_775.25)
     assert b.base[SYM] == pytest.approx(0.4999, rel=1e-12)
@@ -179,7 +181,13 @@ def test_limit_entry_expires_after_its_ttl_and_arms_on_the_filled_part() -> None
     b = broker(sim)
     b.submit(order(0.5, price=49_900.0, bracket=Bracket(40.0, 25.0)))
     assert len(b.on_bar(bar(1, 50_000.0, 50_000.0, 49_800.0, 49_950.0, volume=2.0))) == 1
-    fill, expired, tp, sl = b.on_bar(bar(2, 50_000.0, 50_000.0, 49_800.0, 49_950.0, volume=2.0))
+    fill, expired, tp, sl, *opened = b.on_bar(
+        bar(2, 50_000.0, 50_000.0, 49_800.0, 49_950.0, volume=2.0)
+    )
+    assert [(u.client_id, u.status) for u in opened] == [
+        (tp.client_id, OrderStatus.OPEN),
+        (sl.client_id, OrderStatus.OPEN),
+    ]
     assert fill.qty == 0.2
     assert expired == OrderUpdate("sd1-1", OrderStatus.EXPIRED, T + 3 * M, filled_qty=0.4)
     # 0.4 less fees 0.00008 BTC = 0.39992.

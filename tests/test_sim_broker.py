@@ -102,8 +102,11 @@ def test_market_buy_fills_at_next_open_fee_in_base_asset() -> None:
 
 
 def test_entry_arms_bracket_on_the_sellable_quantity() -> None:
-    fill, tp, sl = entered(broker())
+    fill, tp, sl, tp_open, sl_open = entered(broker())
     assert isinstance(fill, Fill) and fill.fee_asset == "BTC"
+    # The legs are reported as orders (recorded new), then as resting on the exchange.
+    assert tp_open == OrderUpdate("sd1-1tp", OrderStatus.OPEN, T + M)
+    assert sl_open == OrderUpdate("sd1-1sl", OrderStatus.OPEN, T + M)
     common = dict(parent_id="sd1-1", reduce_only=True)
     assert tp == Order(
         "sd1-1tp", SYM, Side.SELL, OrderType.LIMIT, HELD, T + M, "take_profit", price=TP, **common
@@ -214,10 +217,12 @@ def test_bracket_is_checked_in_the_fill_bar_itself() -> None:
         "sd1-1",
         "sd1-1tp",
         "sd1-1sl",
+        "sd1-1tp",  # open
+        "sd1-1sl",  # open
         "sd1-1sl",
         "sd1-1tp",
     ]
-    exit_fill = reports[3]
+    exit_fill = reports[5]
     assert exit_fill.price == pytest.approx(SL - 0.005, abs=1e-9)
     assert exit_fill.time_ms == T + 2 * M  # known at the bar's close
 

@@ -297,10 +297,11 @@ class Engine:
             elif kind is OrderUpdate:
                 self._on_update(report)
             elif kind is Order:
-                # An exit the broker armed on the exchange for us: already resting there.
-                self._journal.record_order(report, OrderStatus.OPEN)
+                # An exit the broker arms for us, recorded before it is sent (new): the
+                # exchange's answer opens it or rejects it, as for our own orders.
+                self._journal.record_order(report, OrderStatus.NEW)
                 self.open_orders[report.client_id] = report
-                self.order_status[report.client_id] = OrderStatus.OPEN
+                self.order_status[report.client_id] = OrderStatus.NEW
                 self._log.info(
                     "exit_armed",
                     client_id=report.client_id,

@@ -396,6 +396,7 @@ class CcxtBroker:
             if info.get("status") in _CLOSED_STATUSES:
                 self._report_end(order, info)
                 return "ended"
+            self._report_working(execution, _time_of(info))  # recorded new before it was sent
             return "resting"
         if info.get("status") not in _CLOSED_STATUSES:
             if order.type is OrderType.LIMIT:
@@ -442,6 +443,8 @@ class CcxtBroker:
             if info.get("status") in _CLOSED_STATUSES:
                 done.add(leg.client_id)
                 self._report_end(leg, info)
+            else:
+                self._report_working(self._executions[leg.client_id], _time_of(info))
         if len(done) < 2:
             self.adopt_bracket(adopted[0], adopted[1], done)
         log.warning("bracket_adopted", entry_id=entry.client_id, closed_legs=sorted(done))
@@ -603,8 +606,10 @@ class CcxtBroker:
             for r in (answer or {}).get("orderReports") or []
             if isinstance(r, dict) and r.get("orderId") is not None
         }
+        opened_ms = int((answer or {}).get("transactionTime") or fill_ms)
         for leg in (take_profit, stop_loss):
             self._executions[leg.client_id] = _Execution(leg, ids.get(leg.client_id))
+            self._reports.append(OrderUpdate(leg.client_id, OrderStatus.OPEN, opened_ms))
         self.brackets[entry.symbol] = LiveBracket(list_id, take_profit, stop_loss)
 
     async def _cancel_bracket(self, symbol: str, time_ms: int) -> None:

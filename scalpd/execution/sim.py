@@ -316,6 +316,8 @@ class SimBroker:
                 OrderUpdate(stop_loss.client_id, OrderStatus.REJECTED, time_ms, reason=why)
             )
             return
+        reports.append(OrderUpdate(take_profit.client_id, OrderStatus.OPEN, time_ms))
+        reports.append(OrderUpdate(stop_loss.client_id, OrderStatus.OPEN, time_ms))
         self._brackets[order.symbol] = ArmedBracket(
             order.client_id, Working(take_profit, qty), stop_loss
         )

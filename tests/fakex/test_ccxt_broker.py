@@ -232,7 +232,11 @@ def test_limit_entry_fills_over_bars_then_arms_the_bracket_on_what_was_filled() 
             assert legs(bar1 + bar2) == []
             bar3 = await step(fx, broker)
             assert fills(bar3) == [("e1", pytest.approx(0.05), 39_900.0, 0.00005, "BTC", "maker")]
-            assert updates(bar3) == []  # complete: the engine sees it from the fills
+            # Complete: the engine sees it from the fills. The legs rest once the OCO is placed.
+            assert updates(bar3) == [
+                ("e1tp", OrderStatus.OPEN, 0.0),
+                ("e1sl", OrderStatus.OPEN, 0.0),
+            ]
             # 0.3 bought less 0.0003 of fees = 0.2997 sellable; legs at 39 900 +- 50 bps.
             assert legs(bar3) == [
                 ("e1tp", OrderType.LIMIT, 0.2997, 40_099.5),
@@ -270,7 +274,11 @@ def test_limit_entry_cancelled_at_its_ttl_arms_the_bracket_on_its_partial_fill()
             assert updates(bar1) == [("e1", OrderStatus.PARTIALLY_FILLED, 0.15)]
             bar2 = await step(fx, broker)  # its second bar: cancelled after it
             assert fills(bar2) == []
-            assert updates(bar2) == [("e1", OrderStatus.CANCELLED, 0.15)]
+            assert updates(bar2) == [
+                ("e1", OrderStatus.CANCELLED, 0.15),
+                ("e1tp", OrderStatus.OPEN, 0.0),
+                ("e1sl", OrderStatus.OPEN, 0.0),
+            ]
             # 0.15 less 0.00015 of fee = 0.14985 sellable.
             assert legs(bar2) == [
                 ("e1tp", OrderType.LIMIT, 0.14985, 40_099.5),

@@ -148,7 +148,9 @@ def test_ensemble_streaming_equals_batch(month: tuple[BarColumns, np.ndarray]) -
 def test_tcn_numpy_step_equals_its_torch_step() -> None:
     """The eager TCN steps in numpy (scalpd/models/nets.py numpy_stepper): bar by bar it gives
     the torch step's logits, through NaN and infinite features and after state built by a torch
-    chunk; it reads the weights in place (an optimiser's update is seen); int8 keeps torch."""
+    chunk; it keeps its own copy of the weights, so it still does after the network's storage
+    moved to shared memory (as when a round is sent to the learning worker); int8 keeps
+    torch."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((400, 12)).astype(np.float32)
     x[50, 3], x[51, 0], x[52, 5] = np.nan, np.inf, -1e38
@@ -166,8 +168,8 @@ def test_tcn_numpy_step_equals_its_torch_step() -> None:
 
     with torch.inference_mode():  # state after a chunk of 100 bars, shared by both paths
         _, chunked = net.forward_chunk(torch.from_numpy(x[:100])[None], net.initial_state(1))
-    np_state, t_state = both(x[100:], [s.numpy() for s in chunked], chunked)
-    with torch.no_grad():
-        net.head.bias.add_(0.5)  # in place, as Adam does
-    both(x[:80], np_state, t_state)
+    np_state, t_state = both(x[100:250], [s.numpy() for s in chunked], chunked)
+    net.share_memory()  # the weights' storage moves (and the old is freed)
+    torch.randn(1_000_000).add_(1.0)  # reuse of the freed memory, were it still read
+    np_state, t_state = both(x[250:], np_state, t_state)
     assert quantize_int8(net).numpy_stepper() is None  # type: ignore[operator]

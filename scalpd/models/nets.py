@@ -315,11 +315,14 @@ class TCN(SeqNet):
         return step
 
     def numpy_stepper(self) -> NumpyStep | None:
-        """`stepper()` in numpy, on float32 views of the weights (in-place updates are seen):
-        the same arithmetic to float tolerance in ~1/3 of the time, since at one bar the cost is
-        per-operation overhead and numpy's is a fraction of torch's. The state is stepper()'s
-        as arrays ([1, memory, C] per convolution; torch.from_numpy / .numpy() convert it
-        without a copy). None when a layer is not a plain Linear (int8 keeps the torch step)."""
+        """`stepper()` in numpy: the same arithmetic to float tolerance in ~1/3 of the time,
+        since at one bar the cost is per-operation overhead and numpy's is a fraction of
+        torch's. It runs on a copy of the weights taken now (unlike stepper(), it does not see
+        later in-place updates): a view would dangle once torch moves a tensor's storage, as it
+        does to send the network to the learning worker's process (share_memory_). The state
+        is stepper()'s as arrays ([1, memory, C] per convolution; torch.from_numpy / .numpy()
+        convert it without a copy). None when a layer is not a plain Linear (int8 keeps the
+        torch step)."""
         linears = [self.inp, self.head] + [
             conv.lin
             for block in self.blocks
@@ -329,7 +332,7 @@ class TCN(SeqNet):
             return None
 
         def view(t: Tensor) -> np.ndarray:
-            return t.detach().numpy()
+            return t.detach().numpy().copy()  # C order, its own memory
 
         mean, std, clip = view(self.norm.mean), view(self.norm.std), self.norm.clip
         # W @ x on the weights as stored ([out, in], C order): BLAS's matrix-vector product;

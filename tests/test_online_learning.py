@@ -22,7 +22,7 @@ from scalpd.models.labels import (
     label_bars,
     triple_barrier,
 )
-from scalpd.models.nets import SeqNet, build_net
+from scalpd.models.nets import SeqNet, build_net, clone_net, default_config
 from scalpd.models.online import (
     Batch,
     Candidate,
@@ -301,3 +301,24 @@ def test_online_loss_recovers_after_a_regime_change(market: dict, pretrained: Se
     assert frozen_late > base_late + 0.02
     assert online_late < base_late - 0.01
     assert online_late < frozen_late - 0.05  # seen: 0.095; each quarter of the day > 0.05
+
+
+@pytest.mark.parametrize("kind", ["tcn", "transformer", "lstm"])
+def test_clone_net_has_weights_of_its_own(kind: str) -> None:
+    """A round's candidate is a `clone_net` copy: the same outputs, and training it (in place,
+    as Adam does) leaves the network it was copied from as it was; the LSTM's flat weights
+    name the copy's parameters, so the copy's update shows in its own output."""
+    torch.manual_seed(0)
+    net = build_net(default_config(kind, 6)).eval()
+    twin = clone_net(net).eval()
+    x = torch.randn(2, 40, 6)
+    before = net(x)
+    assert torch.equal(twin(x), before)
+    assert all(a is not b for a, b in zip(net.parameters(), twin.parameters(), strict=True))
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(0.05)
+        twin.norm.std.mul_(2.0)
+    assert torch.equal(net(x), before)
+    assert not torch.allclose(twin(x), before)
+    assert net.norm.std.eq(1.0).all()

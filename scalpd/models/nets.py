@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ _MASKED = -1e4  # an additive attention mask: exp(-1e4) is exactly 0 in float32
 
 
 Step = Callable[[Tensor, State], tuple[Tensor, State]]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 # x [F] float32 -> logits [2, 3] and the new state (arrays).
 NumpyStep = Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
 
@@ -747,6 +748,26 @@ class EnsembleNet(nn.Module):
 NET_CLASSES: dict[str, type[SeqNet]] = {c.kind: c for c in (TCN, SlidingTransformer, OnlineLSTM)}
 MODEL_NAMES = (*NET_CLASSES, "ensemble")
 StreamingNet = SeqNet | EnsembleNet
+
+
+def clone_net(net: ModuleT) -> ModuleT:
+    """A copy of `net` with parameters and buffers of its own, ~15x faster than
+    copy.deepcopy, which walks every attribute of every module in Python (a round of online
+    learning trains one, per symbol each hour). Containers among the other attributes (hooks,
+    caches) are copied one level; the rest (configuration, numbers) is immutable and shared.
+    An RNN's list of flat weights is rebuilt to name the copies."""
+    twin = net.__class__.__new__(net.__class__)
+    attrs = {k: v.copy() if isinstance(v, (dict, list, set)) else v for k, v in vars(net).items()}
+    attrs["_parameters"] = {
+        k: None if p is None else nn.Parameter(p.detach().clone(), p.requires_grad)
+        for k, p in net._parameters.items()
+    }
+    attrs["_buffers"] = {k: None if b is None else b.clone() for k, b in net._buffers.items()}
+    attrs["_modules"] = {k: None if m is None else clone_net(m) for k, m in net._modules.items()}
+    twin.__dict__ = attrs
+    if isinstance(twin, nn.RNNBase):
+        twin._init_flat_weights()
+    return twin
 
 
 def build_net(config: dict[str, Any]) -> StreamingNet:

@@ -20,9 +20,9 @@ quiet markets, where one-minute labels are mostly noise; power = -1 gives the op
   barrier label is computed then, by the learner, from the bars it has been given (the same
   rule as labels.triple_barrier), so the buffer at bar t depends on bars <= t only. Bars
   still pending at a data gap enter without a label (context only), and the gap is marked.
-- Fine-tuning (`fine_tune`) trains a deep COPY of the approved weights for a number of steps
-  and/or a time budget; the approved network, which a predictor may be running, is never
-  touched. Each batch mixes recent windows with `replay_share` of older ones, and the loss
+- Fine-tuning (`fine_tune`) trains a COPY of the approved network (`clone_net`) for a number
+  of steps and/or a time budget; the approved network, which a predictor may be running, is
+  never touched. Each batch mixes recent windows with `replay_share` of older ones, and the loss
   adds an L2 pull toward the approved weights (L2-SP: anchor_l2 / 2 * |w - w_approved|^2).
 - The result is a `Candidate`: a new network object plus its judgement. `approve` swaps it in
   by one reference assignment (atomic for any reader); a predictor is then built from it.
@@ -47,7 +47,6 @@ round)). A time budget makes the step count, hence the weights, depend on the ma
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections import deque
@@ -63,7 +62,7 @@ from scalpd.config.settings import OnlineSettings
 from scalpd.events import BAR_INTERVAL_MS
 from scalpd.models.errors import ModelError
 from scalpd.models.labels import LabelParams, matured_label
-from scalpd.models.nets import SeqNet
+from scalpd.models.nets import SeqNet, clone_net
 
 # Networks whose output at a bar depends on their last context_bars rows only (the LSTM's
 # state carries everything before).
@@ -224,12 +223,13 @@ def fine_tune_copy(
     grad_clip: float = _DEFAULTS.grad_clip,
     budget_ms: float | None = None,
 ) -> tuple[SeqNet, list[float]]:
-    """A deep copy of `approved` after up to `max_steps` Adam steps (fewer when `budget_ms`
-    runs out) on batches from `next_batch`, each step's loss plus the L2-SP pull
-    anchor_l2 / 2 * |w - w_approved|^2; returns it (eval mode) and the data losses.
+    """A copy of `approved` (`clone_net`: weights of its own) after up to `max_steps` Adam
+    steps (fewer when `budget_ms` runs out) on batches from `next_batch`, each step's loss
+    plus the L2-SP pull anchor_l2 / 2 * |w - w_approved|^2; returns it (eval mode) and the
+    data losses.
     `approved` is not modified. Adam, not AdamW: the anchor, not zero, is where weights
     decay to."""
-    net = copy.deepcopy(approved)
+    net = clone_net(approved)
     anchor = [p.detach() for p in approved.parameters()]
     params = list(net.parameters())
     # The fused update is one kernel for all tensors (~4x less time than Adam's loop over

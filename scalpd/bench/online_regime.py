@@ -9,7 +9,7 @@ learning only): frozen (`online.enabled = false`) and online (`online.enabled = 
 Every other setting is the default, the [online] section included (hourly rounds, its
 learning rate, guard and replay mix): they were never tuned on this data, so the figures
 say what the defaults do on a market they did not see, as do the strategy's (sizing, thresholds,
-bracket, costs). Nothing is subsampled: the whole bench takes about 6 minutes on 2 cores, most
+bracket, costs). Nothing is subsampled: the whole bench takes about 1.5 minutes on 2 cores, most
 of it the online replay (744 hourly rounds of `max_steps` steps).
 
 Scored: the log-loss (nats, both sides averaged) of the prediction served at each bar, once

@@ -22,7 +22,7 @@ cold at the week's first bar (features warm up on it).
 
 Lines: one per fold (`online_walkforward_fold`) and a summary over the folds
 (`online_walkforward`: losses pooled over every scored bar, returns compounded over the weeks).
-About 3 minutes on 2 cores (155 s measured; most of it the online replays).
+About a minute on 2 cores (54 s measured; most of it the online replays).
 """
 
 from __future__ import annotations

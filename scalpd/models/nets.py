@@ -332,17 +332,17 @@ class TCN(SeqNet):
         if any(type(m) is not nn.Linear or m.weight.device.type != "cpu" for m in linears):
             return None
 
-        def view(t: Tensor) -> np.ndarray:
+        def own(t: Tensor) -> np.ndarray:
             return t.detach().numpy().copy()  # C order, its own memory
 
-        mean, std, clip = view(self.norm.mean), view(self.norm.std), self.norm.clip
+        mean, std, clip = own(self.norm.mean), own(self.norm.std), self.norm.clip
         # W @ x on the weights as stored ([out, in], C order): BLAS's matrix-vector product;
         # x @ W.T would take numpy's slow path for a transposed view.
-        inp_w, inp_b = view(self.inp.weight), view(self.inp.bias)
-        head_w, head_b = view(self.head.weight), view(self.head.bias)
+        inp_w, inp_b = own(self.inp.weight), own(self.inp.bias)
+        head_w, head_b = own(self.head.weight), own(self.head.bias)
         convs = [
-            (np.arange(0, conv.memory + 1, conv.dilation), view(conv.lin.weight),
-             view(conv.lin.bias))
+            (np.arange(0, conv.memory + 1, conv.dilation), own(conv.lin.weight),
+             own(conv.lin.bias))
             for block in self.blocks
             for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
         ]  # fmt: skip

@@ -341,16 +341,15 @@ class TCN(SeqNet):
         inp_w, inp_b = own(self.inp.weight), own(self.inp.bias)
         head_w, head_b = own(self.head.weight), own(self.head.bias)
         convs = [
-            (np.arange(0, conv.memory + 1, conv.dilation), own(conv.lin.weight),
-             own(conv.lin.bias))
+            (conv.dilation, own(conv.lin.weight), own(conv.lin.bias))
             for block in self.blocks
             for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
         ]  # fmt: skip
 
         def conv(i: int, a: np.ndarray, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            taps_at, w, b = convs[i]
+            d, w, b = convs[i]
             xp = np.concatenate((buf[0], a[None]))  # [memory + 1, C]: a new array
-            out = w @ xp[taps_at].reshape(-1)  # taps x[t-(k-1)d], .., x[t]
+            out = w @ xp[::d].reshape(-1)  # taps x[t-(k-1)d], .., x[t]: every d-th row
             out += b
             np.maximum(out, 0.0, out=out)
             return out, xp[None, 1:]  # the state: a view of the new array, never of the old

@@ -15,6 +15,8 @@ from scalpd.models.labels import (
     TIMEOUT,
     LabelParams,
     label_bars,
+    log_loss_row,
+    log_loss_rows,
     triple_barrier,
 )
 from scalpd.models.splits import chronological_split, purged_kfold, purged_split
@@ -192,3 +194,12 @@ def test_purge_and_embargo_leave_no_overlap(bars: BarColumns) -> None:
     keep[2000:2100] = False
     split = purged_split(times[keep], horizon, int(times[2050]), int(times[3000]), embargo)
     _assert_no_overlap(times[keep], split, horizon, embargo)
+
+
+def test_one_row_log_loss_is_the_rows_one_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=(5000, 2)).astype(np.float32)
+    probs[::7, 0, 1] = 0.0  # the floor at 1e-12
+    y = rng.integers(0, 3, size=(5000, 2))
+    rows = log_loss_rows(probs, y)
+    assert [log_loss_row(p, t) for p, t in zip(probs, y, strict=True)] == rows.tolist()

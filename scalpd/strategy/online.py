@@ -63,7 +63,7 @@ from scalpd.models.artifact import ModelArtifact
 from scalpd.models.backends import Predictor, make_predictor
 from scalpd.models.challenger import Trial, challenger_decides
 from scalpd.models.errors import ModelError
-from scalpd.models.labels import LabelParams
+from scalpd.models.labels import LabelParams, log_loss_row
 from scalpd.models.nets import SeqNet
 from scalpd.models.online import Candidate, OnlineLearner, OnlineParams, VolatilityLr
 from scalpd.models.versions import ModelVersion, VersionEvent, VersionEventKind, VersionRecord
@@ -136,16 +136,6 @@ class _SymbolModel:
 
     def models(self) -> list[_Served]:
         return [s for s in (self.champion, self.challenger, self.previous) if s is not None]
-
-
-_SIDES = np.arange(2)
-
-
-def _log_loss(probs: np.ndarray, y: np.ndarray) -> float:
-    """Nats, averaged over both sides (long, short), of one bar's prediction: log_loss_rows's
-    arithmetic (same dtype, same order) without its gathers, twice a bar for each model."""
-    nats = np.log(np.maximum(probs[_SIDES, y], 1e-12))
-    return float(-(nats[0] + nats[1]) / 2)  # .mean()'s sum and division, in the same dtype
 
 
 def _weights(net: SeqNet) -> bytes:
@@ -346,7 +336,7 @@ class OnlineModel:
             if ok:
                 if scored.served is not None:
                     m.loss_time_ms.append(t - learner.label.horizon_bars * BAR_INTERVAL_MS)
-                    m.loss_nats.append(_log_loss(scored.served, y))
+                    m.loss_nats.append(log_loss_row(scored.served, y))
                 self._judge(m, bar.symbol, scored, y, t + BAR_INTERVAL_MS)
         close_ms = t + BAR_INTERVAL_MS
         period_ms = _PERIOD_MS.get(self.settings.update_every)
@@ -364,7 +354,7 @@ class OnlineModel:
             trial = pair.trial
             if trial is not m.trial and trial is not m.probation:
                 continue  # a trial that has ended (rollback, promotion, restore)
-            action = trial.add(_log_loss(pair.old_probs, y), _log_loss(pair.new_probs, y))
+            action = trial.add(log_loss_row(pair.old_probs, y), log_loss_row(pair.new_probs, y))
             if action is not None:
                 self._act(m, symbol, trial, action, t)
 

@@ -181,9 +181,6 @@ class Pacer:
             self._timer = None
         self._arm_at(now_s, at)
 
-    def _arm(self, now_s: float) -> None:
-        self._arm_at(now_s, self._next_s(now_s))
-
     def _arm_at(self, now_s: float, at: float | None) -> None:
         if at is not None:
             self._timer = asyncio.get_running_loop().call_later(at - now_s, self._tick)
@@ -210,12 +207,10 @@ class Pacer:
         # Quiet since the last event: also after one candle, for the rest of its minute's
         # candles are arriving (a warm step between two would delay the second's decision).
         settled = now_s - self._last_event_s >= QUIET_S
-        warming = self._warming(now_s)
-        if not settled:
-            pass
-        elif not warming:
+        warming = self._warming(now_s)  # (it also forgets candles past their patience)
+        if settled and not warming:
             self._quiet_work()
-        else:
+        elif settled:
             if self._warm is not None:
                 symbol = warming[self._turn % len(warming)]
                 self._turn += 1
@@ -225,7 +220,7 @@ class Pacer:
                 # Every candle awaited is late: waiting for them (up to PATIENCE_S) would
                 # starve the deferred work; a late candle waits for one budget at most.
                 self._quiet_work()
-        self._arm(time.monotonic())
+        self._rearm(time.monotonic())
 
     def _quiet_work(self) -> None:
         if not self._release(JOBS_BUDGET_S):

@@ -127,16 +127,16 @@ class TorchRunner:
         # torch.from_numpy on every bar costs ~6 us. No state keeps a reference to it.
         self._x = torch.zeros(1, net.n_features)
         self._x_np = self._x.numpy()[0]
+        # A network with a numpy one-bar step (the TCN) keeps its state as arrays: steps in
+        # numpy, chunks in torch on the same memory; the torch step is then never built.
+        numpy_stepper = getattr(net, "numpy_stepper", None)
+        self._np_step = numpy_stepper() if numpy_stepper is not None else None
         if isinstance(net, EnsembleNet):
             self._step = net.members_stepper()
             self._chunk = net.members_chunk
         else:
-            self._step = net.stepper()
+            self._step = net.stepper() if self._np_step is None else None
             self._chunk = net.forward_chunk
-        # A network with a numpy one-bar step (the TCN) keeps its state as arrays: steps in
-        # numpy, chunks in torch on the same memory.
-        numpy_stepper = getattr(net, "numpy_stepper", None)
-        self._np_step = numpy_stepper() if numpy_stepper is not None else None
 
     def initial_state(self) -> list[Any]:
         state = self.net.initial_state(1)

@@ -145,31 +145,37 @@ def test_ensemble_streaming_equals_batch(month: tuple[BarColumns, np.ndarray]) -
     assert np.abs(series.probs[both] - lstm.probs[both]).max() < TOLERANCE
 
 
-def test_tcn_numpy_step_equals_its_torch_step() -> None:
-    """The eager TCN steps in numpy (scalpd/models/nets.py numpy_stepper): bar by bar it gives
-    the torch step's logits, through NaN and infinite features and after state built by a torch
-    chunk; it keeps its own copy of the weights, so it still does after the network's storage
-    moved to shared memory (as when a round is sent to the learning worker); int8 keeps
-    torch."""
+def test_tcn_compiled_step_equals_its_torch_step() -> None:
+    """The eager TCN's compiled step (scalpd/models/nets.py array_stepper): bar by bar it
+    gives the torch step's logits, through NaN and infinite features and after state built by
+    a torch chunk, and its state converts back to the chunk's; a step leaves the state it was
+    given as it was; it keeps its own copy of the weights, so it still gives them after the
+    network's storage moved to shared memory (as when a round is sent to the learning
+    worker); int8 keeps torch."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((400, 12)).astype(np.float32)
     x[50, 3], x[51, 0], x[52, 5] = np.nan, np.inf, -1e38
     net = _net({"kind": "tcn", "n_features": 12, "hidden": 16, "levels": 3}, x)
-    np_step, torch_step = net.numpy_stepper(), net.stepper()
-    assert np_step is not None
+    array_step, torch_step = net.array_stepper(), net.stepper()
+    assert array_step is not None
 
-    def both(rows: np.ndarray, np_state: list, t_state: list) -> tuple[list, list]:
+    def both(rows: np.ndarray, a_state: np.ndarray, t_state: list) -> tuple[np.ndarray, list]:
         for row in rows:
-            a, np_state = np_step(row, np_state)
+            before = a_state.copy()
+            a, new = array_step(row, a_state)
+            np.testing.assert_array_equal(a_state, before)
             with torch.inference_mode():
                 b, t_state = torch_step(torch.from_numpy(row)[None], t_state)
             np.testing.assert_allclose(a, b[0].numpy(), atol=1e-5, rtol=1e-5)
-        return np_state, t_state
+            a_state = new
+        for ours, theirs in zip(array_step.to_torch(a_state), t_state, strict=True):
+            np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5, rtol=1e-5)
+        return a_state, t_state
 
     with torch.inference_mode():  # state after a chunk of 100 bars, shared by both paths
         _, chunked = net.forward_chunk(torch.from_numpy(x[:100])[None], net.initial_state(1))
-    np_state, t_state = both(x[100:250], [s.numpy() for s in chunked], chunked)
+    a_state, t_state = both(x[100:250], array_step.from_torch(chunked), chunked)
     net.share_memory()  # the weights' storage moves (and the old is freed)
     torch.randn(1_000_000).add_(1.0)  # reuse of the freed memory, were it still read
-    np_state, t_state = both(x[250:], np_state, t_state)
-    assert quantize_int8(net).numpy_stepper() is None  # type: ignore[operator]
+    a_state, t_state = both(x[250:], a_state, t_state)
+    assert quantize_int8(net).array_stepper() is None  # type: ignore[operator]

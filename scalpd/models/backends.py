@@ -127,37 +127,39 @@ class TorchRunner:
         # torch.from_numpy on every bar costs ~6 us. No state keeps a reference to it.
         self._x = torch.zeros(1, net.n_features)
         self._x_np = self._x.numpy()[0]
-        # A network with a numpy one-bar step (the TCN) keeps its state as arrays: steps in
-        # numpy, chunks in torch on the same memory; the torch step is then never built.
-        numpy_stepper = getattr(net, "numpy_stepper", None)
-        self._np_step = numpy_stepper() if numpy_stepper is not None else None
+        # A network with a compiled one-bar step (the TCN) keeps its state as the step's
+        # arrays and converts it for torch chunks; the torch step is then never built.
+        array_stepper = getattr(net, "array_stepper", None)
+        self._array_step = array_stepper() if array_stepper is not None else None
         if isinstance(net, EnsembleNet):
             self._step = net.members_stepper()
             self._chunk = net.members_chunk
         else:
-            self._step = net.stepper() if self._np_step is None else None
+            self._step = net.stepper() if self._array_step is None else None
             self._chunk = net.forward_chunk
 
-    def initial_state(self) -> list[Any]:
-        state = self.net.initial_state(1)
-        return [s.numpy() for s in state] if self._np_step is not None else state
+    def initial_state(self) -> Any:
+        if self._array_step is not None:
+            return self._array_step.initial_state()
+        return self.net.initial_state(1)
 
-    def step(self, x: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        if self._np_step is not None:
-            logits, state = self._np_step(np.asarray(x, dtype=np.float32), state)
+    def step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        if self._array_step is not None:
+            logits, state = self._array_step(np.asarray(x, dtype=np.float32), state)
             return softmax(logits).astype(np.float32, copy=False), state
         self._x_np[:] = x
         with torch.inference_mode():
             logits, state = self._step(self._x, state)
             return torch.softmax(logits, dim=-1).numpy()[0], state
 
-    def chunk(self, x: np.ndarray, state: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        arrays = self._np_step is not None
-        if arrays:
-            state = [torch.from_numpy(s) for s in state]
+    def chunk(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        arrays = self._array_step
         with torch.inference_mode():
-            logits, state = self._chunk(torch.from_numpy(x).unsqueeze(0), state)
-            return logits[0].numpy(), [s.numpy() for s in state] if arrays else state
+            logits, state = self._chunk(
+                torch.from_numpy(x).unsqueeze(0),
+                state if arrays is None else arrays.to_torch(state),
+            )
+            return logits[0].numpy(), state if arrays is None else arrays.from_torch(state)
 
 
 def quantize_int8(net: StreamingNet) -> StreamingNet:

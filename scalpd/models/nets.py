@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from scalpd.models import kernels
 from scalpd.models.errors import ModelError
 
 N_SIDES, N_CLASSES = 2, 3
@@ -45,8 +46,6 @@ _MASKED = -1e4  # an additive attention mask: exp(-1e4) is exactly 0 in float32
 
 Step = Callable[[Tensor, State], tuple[Tensor, State]]
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-# x [F] float32 -> logits [2, 3] and the new state (arrays).
-NumpyStep = Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
 
 
 # At one bar, the cost of a step is per-operation overhead, not arithmetic: nn.Module's call
@@ -315,15 +314,13 @@ class TCN(SeqNet):
 
         return step
 
-    def numpy_stepper(self) -> NumpyStep | None:
-        """`stepper()` in numpy: the same arithmetic to float tolerance in ~1/3 of the time,
-        since at one bar the cost is per-operation overhead and numpy's is a fraction of
-        torch's. It runs on a copy of the weights taken now (unlike stepper(), it does not see
-        later in-place updates): a view would dangle once torch moves a tensor's storage, as it
-        does to send the network to the learning worker's process (share_memory_). The state
-        is stepper()'s as arrays ([1, memory, C] per convolution; torch.from_numpy / .numpy()
-        convert it without a copy). None when a layer is not a plain Linear (int8 keeps the
-        torch step)."""
+    def array_stepper(self) -> TcnArrayStep | None:
+        """`stepper()` compiled (scalpd/models/kernels.py): the same arithmetic to float
+        tolerance in a few microseconds, on a copy of the weights taken now (unlike stepper(),
+        it does not see later in-place updates; a view would dangle once torch moves a
+        tensor's storage, as it does to send the network to the learning worker's process,
+        share_memory_). None when a layer is not a plain Linear on CPU (int8 keeps the torch
+        step)."""
         linears = [self.inp, self.head] + [
             conv.lin
             for block in self.blocks
@@ -331,54 +328,51 @@ class TCN(SeqNet):
         ]
         if any(type(m) is not nn.Linear or m.weight.device.type != "cpu" for m in linears):
             return None
+        convs = [conv for block in self.blocks for conv in (block.conv1, block.conv2)]  # type: ignore[union-attr]
 
-        def own(t: Tensor) -> np.ndarray:
-            return t.detach().numpy().copy()  # C order, its own memory
+        def own(t: Tensor) -> np.ndarray:  # C order, float32, its own memory
+            return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
 
-        mean, std, clip = own(self.norm.mean), own(self.norm.std), self.norm.clip
-        # W @ x on the weights as stored ([out, in], C order): BLAS's matrix-vector product;
-        # x @ W.T would take numpy's slow path for a transposed view.
-        inp_w, inp_b = own(self.inp.weight), own(self.inp.bias)
-        head_w, head_b = own(self.head.weight), own(self.head.bias)
-        convs = [
-            (conv.dilation, own(conv.lin.weight), own(conv.lin.bias))
-            for block in self.blocks
-            for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
-        ]  # fmt: skip
+        memory = [conv.memory for conv in convs]
+        weights = (
+            own(self.norm.mean),
+            own(self.norm.std),
+            np.float32(self.norm.clip),
+            own(self.inp.weight.T),
+            own(self.inp.bias),
+            np.stack([own(conv.lin.weight.T) for conv in convs]),
+            np.stack([own(conv.lin.bias) for conv in convs]),
+            np.array([conv.dilation for conv in convs], dtype=np.int64),
+            np.concatenate([[0], np.cumsum(memory)]).astype(np.int64),
+            own(self.head.weight.T),
+            own(self.head.bias),
+        )
+        return TcnArrayStep(weights, self.cfg.hidden)
 
-        def conv(i: int, a: np.ndarray, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            d, w, b = convs[i]
-            xp = np.concatenate((buf[0], a[None]))  # [memory + 1, C]: a new array
-            out = w @ xp[::d].reshape(-1)  # taps x[t-(k-1)d], .., x[t]: every d-th row
-            out += b
-            np.maximum(out, 0.0, out=out)
-            return out, xp[None, 1:]  # the state: a view of the new array, never of the old
 
-        def step(x: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # as torch
-                return arithmetic(x, state)
+class TcnArrayStep:
+    """The TCN's compiled one-bar step (`TCN.array_stepper`). Its state is one array, every
+    convolution's FIFO in turn ([rows, C]); `to_torch` and `from_torch` convert it to and from
+    the list `forward_chunk` takes (views, no copy one way)."""
 
-        def arithmetic(
-            x: np.ndarray, state: list[np.ndarray]
-        ) -> tuple[np.ndarray, list[np.ndarray]]:
-            h = (x - mean) / std
-            np.clip(h, -clip, clip, out=h)  # +-inf -> +-clip, as torch's nan_to_num then clamp
-            np.copyto(h, 0.0, where=np.isnan(h))
-            h = inp_w @ h
-            h += inp_b
-            np.maximum(h, 0.0, out=h)
-            new: list[np.ndarray] = []
-            for i in range(0, len(convs), 2):
-                a, b1 = conv(i, h, state[i])
-                a, b2 = conv(i + 1, a, state[i + 1])
-                h = h + a
-                np.maximum(h, 0.0, out=h)
-                new += [b1, b2]
-            logits = head_w @ h
-            logits += head_b
-            return logits.reshape(N_SIDES, N_CLASSES), new
+    def __init__(self, weights: tuple[Any, ...], hidden: int) -> None:
+        self._weights, self._hidden = weights, hidden
+        self._offset: np.ndarray = weights[8]
 
-        return step
+    def initial_state(self) -> np.ndarray:
+        return np.zeros((int(self._offset[-1]), self._hidden), dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x [F] float32 -> logits [2, 3] and the new state (the given one is not changed)."""
+        logits, new = kernels.tcn_step(x, *self._weights, state)
+        return logits.reshape(N_SIDES, N_CLASSES), new
+
+    def to_torch(self, state: np.ndarray) -> State:
+        o = self._offset
+        return [torch.from_numpy(state[None, o[i] : o[i + 1]]) for i in range(len(o) - 1)]
+
+    def from_torch(self, state: State) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate([s[0].numpy() for s in state]))
 
 
 # -- sliding-window Transformer --------------------------------------------------------------

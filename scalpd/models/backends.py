@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from scalpd.events import BAR_INTERVAL_MS
+from scalpd.models import kernels
 from scalpd.models.device import set_threads
 from scalpd.models.ensemble import EnsembleWeighter, weight_series
 from scalpd.models.errors import ModelError
@@ -146,7 +147,7 @@ class TorchRunner:
     def step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         if self._array_step is not None:
             logits, state = self._array_step(np.asarray(x, dtype=np.float32), state)
-            return softmax(logits).astype(np.float32, copy=False), state
+            return kernels.softmax(logits), state
         self._x_np[:] = x
         with torch.inference_mode():
             logits, state = self._step(self._x, state)

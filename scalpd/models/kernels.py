@@ -24,7 +24,7 @@ import numpy as np
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _compiled(f: F) -> F:
+def compiled(f: F) -> F:
     """numba.njit with an on-disk cache where one can be written (numba finds none when this
     folder, the user's cache and NUMBA_CACHE_DIR are all read-only or unset: it then compiles
     in memory at each start)."""
@@ -35,7 +35,7 @@ def _compiled(f: F) -> F:
         return numba.njit(cache=False, **options)(f)  # type: ignore[no-any-return]
 
 
-@_compiled
+@compiled
 def _add_product(out: np.ndarray, v: np.ndarray, wt: np.ndarray) -> None:
     """out += v @ wt, wt [in, out]: one input at a time, its row added to every output (a
     loop the compiler vectorises without reordering any output's sum). A zero input adds
@@ -48,14 +48,14 @@ def _add_product(out: np.ndarray, v: np.ndarray, wt: np.ndarray) -> None:
                 out[i] += wt[j, i] * vj
 
 
-@_compiled
+@compiled
 def _relu(v: np.ndarray) -> None:
     for i in range(v.shape[0]):
         if v[i] < 0.0:  # NaN stays NaN, as in torch.relu
             v[i] = 0.0
 
 
-@_compiled
+@compiled
 def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: np.float32) -> np.ndarray:
     """(x - mean) / std, NaN -> 0, clipped to +-clip (inf -> +-clip): `Normaliser`'s."""
     z = np.empty_like(x)
@@ -71,7 +71,7 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: np.float32
     return z
 
 
-@_compiled
+@compiled
 def tcn_step(
     x: np.ndarray,
     mean: np.ndarray,
@@ -116,3 +116,19 @@ def tcn_step(
     logits = head_b.copy()
     _add_product(logits, h, head_wt)
     return logits, new
+
+
+@compiled
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis of [rows, classes] float32 logits, in float32
+    (backends' numpy softmax, in a tenth of its time at one bar)."""
+    out = np.empty_like(logits)
+    for r in range(logits.shape[0]):
+        top = logits[r].max()
+        total = np.float32(0.0)
+        for c in range(logits.shape[1]):
+            out[r, c] = np.exp(logits[r, c] - top)
+            total += out[r, c]
+        for c in range(logits.shape[1]):
+            out[r, c] /= total
+    return out

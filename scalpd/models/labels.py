@@ -21,6 +21,7 @@ import numpy as np
 from scalpd.data.bars import BarColumns
 from scalpd.events import BAR_INTERVAL_MS
 from scalpd.models.errors import ModelError
+from scalpd.models.kernels import compiled
 
 TAKE_PROFIT, STOP_LOSS, TIMEOUT = 0, 1, 2
 CLASS_NAMES = ("take_profit", "stop_loss", "timeout")
@@ -127,25 +128,43 @@ def matured_label(
     """The triple-barrier classes [long, short] of a trade opened at `entry_close`, from the
     highs and lows of the `horizon_bars` bars after it (labels.triple_barrier's rule for one
     bar, with a tie going to the stop; that function is the reference the tests hold it to).
-    It costs a few vector operations a bar, where triple_barrier over a window costs ~4H."""
+    One compiled scan (~1 us a bar), where triple_barrier over a window costs ~4H."""
     h = params.horizon_bars
     if len(high) != h or len(low) != h:
         raise ModelError(f"a matured label needs the {h} bars after its bar, got {len(high)}")
-    tp, sl = params.take_profit_bps / 1e4, params.stop_loss_bps / 1e4
-    out = np.empty(2, dtype=np.int64)
-    sides = (
-        (high >= entry_close * (1.0 + tp), low <= entry_close * (1.0 - sl)),  # long
-        (low <= entry_close * (1.0 - tp), high >= entry_close * (1.0 + sl)),  # short
+    return _first_barriers(
+        float(entry_close),
+        np.asarray(high, dtype=np.float64),
+        np.asarray(low, dtype=np.float64),
+        params.take_profit_bps / 1e4,
+        params.stop_loss_bps / 1e4,
     )
-    for side, (take_hit, stop_hit) in enumerate(sides):
-        take_at = int(take_hit.argmax()) if take_hit.any() else h
-        stop_at = int(stop_hit.argmax()) if stop_hit.any() else h
-        if stop_at < h and stop_at <= take_at:
-            out[side] = STOP_LOSS
-        elif take_at < h:
-            out[side] = TAKE_PROFIT
-        else:
-            out[side] = TIMEOUT
+
+
+@compiled
+def _first_barriers(
+    entry_close: float, high: np.ndarray, low: np.ndarray, take: float, stop: float
+) -> np.ndarray:
+    """matured_label's scan, compiled (a bar's label costs ~1 us, not ~8): per side, the
+    first bar that reaches a barrier decides; one that reaches both is a stop."""
+    out = np.full(2, TIMEOUT, dtype=np.int64)
+    levels = (
+        (entry_close * (1.0 + take), entry_close * (1.0 - stop)),  # long: take up, stop down
+        (entry_close * (1.0 - take), entry_close * (1.0 + stop)),  # short: take down, stop up
+    )
+    for side in range(2):
+        take_at, stop_at = levels[side]
+        for i in range(high.shape[0]):
+            if side == 0:
+                took, stopped = high[i] >= take_at, low[i] <= stop_at
+            else:
+                took, stopped = low[i] <= take_at, high[i] >= stop_at
+            if stopped:
+                out[side] = STOP_LOSS
+                break
+            if took:
+                out[side] = TAKE_PROFIT
+                break
     return out
 
 

@@ -42,7 +42,7 @@ from scalpd.models import kernels
 from scalpd.models.device import set_threads
 from scalpd.models.ensemble import EnsembleWeighter, weight_series
 from scalpd.models.errors import ModelError
-from scalpd.models.nets import EnsembleNet, SeqNet, StreamingNet
+from scalpd.models.nets import N_CLASSES, EnsembleNet, SeqNet, StreamingNet
 
 BACKENDS = ("eager", "onnx", "int8")
 DEFAULT_CHUNK_BARS = 4096
@@ -128,16 +128,16 @@ class TorchRunner:
         # torch.from_numpy on every bar costs ~6 us. No state keeps a reference to it.
         self._x = torch.zeros(1, net.n_features)
         self._x_np = self._x.numpy()[0]
-        # A network with a compiled one-bar step (the TCN) keeps its state as the step's
-        # arrays and converts it for torch chunks; the torch step is then never built.
+        # A network with a compiled one-bar step (every kind on CPU but int8) keeps its state
+        # as the step's arrays and converts it for torch chunks; the torch step is then
+        # never built.
         array_stepper = getattr(net, "array_stepper", None)
         self._array_step = array_stepper() if array_stepper is not None else None
-        if isinstance(net, EnsembleNet):
-            self._step = net.members_stepper()
-            self._chunk = net.members_chunk
-        else:
-            self._step = net.stepper() if self._array_step is None else None
-            self._chunk = net.forward_chunk
+        members = isinstance(net, EnsembleNet)
+        self._chunk = net.members_chunk if members else net.forward_chunk
+        self._step: Any = None
+        if self._array_step is None:
+            self._step = net.members_stepper() if members else net.stepper()
 
     def initial_state(self) -> Any:
         if self._array_step is not None:
@@ -146,8 +146,8 @@ class TorchRunner:
 
     def step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         if self._array_step is not None:
-            logits, state = self._array_step(np.asarray(x, dtype=np.float32), state)
-            return kernels.softmax(logits), state
+            logits, state = self._array_step(x, state)
+            return kernels.softmax(logits.reshape(-1, N_CLASSES)).reshape(logits.shape), state
         self._x_np[:] = x
         with torch.inference_mode():
             logits, state = self._step(self._x, state)

@@ -132,3 +132,152 @@ def softmax(logits: np.ndarray) -> np.ndarray:
         for c in range(logits.shape[1]):
             out[r, c] /= total
     return out
+
+
+@compiled
+def _sigmoid(v: np.float32) -> np.float32:
+    return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+
+
+@compiled
+def lstm_step(
+    x: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    clip: np.float32,
+    w_ih0_t: np.ndarray,
+    w_ih_t: np.ndarray,
+    w_hh_t: np.ndarray,
+    b_ih: np.ndarray,
+    b_hh: np.ndarray,
+    head_wt: np.ndarray,
+    head_b: np.ndarray,
+    state: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The LSTM's one-bar step (nets.OnlineLSTM.stepper's cell): x [F] -> logits [6] and the
+    new state [2, layers, H] (h, then c). Gates in torch's order (input, forget, cell,
+    output); layer 0 reads the input (w_ih0_t [F, 4H]), layer n > 0 the layer below
+    (w_ih_t[n - 1] [H, 4H])."""
+    n_layers, hidden = state.shape[1], state.shape[2]
+    new = np.empty_like(state)
+    z = normalise(x, mean, std, clip)
+    for n in range(n_layers):
+        gates = b_ih[n].copy()
+        _add_product(gates, z, w_ih0_t if n == 0 else w_ih_t[n - 1])
+        recurrent = b_hh[n].copy()
+        _add_product(recurrent, state[0, n], w_hh_t[n])
+        gates += recurrent
+        out = np.empty(hidden, dtype=np.float32)
+        for i in range(hidden):
+            c = _sigmoid(gates[hidden + i]) * state[1, n, i] + _sigmoid(gates[i]) * np.tanh(
+                gates[2 * hidden + i]
+            )
+            new[1, n, i] = c
+            out[i] = _sigmoid(gates[3 * hidden + i]) * np.tanh(c)
+        new[0, n] = out
+        z = out
+    logits = head_b.copy()
+    _add_product(logits, z, head_wt)
+    return logits, new
+
+
+@compiled
+def _layer_norm(v: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) -> np.ndarray:
+    n = v.shape[0]
+    mu = v.sum() / np.float32(n)
+    d = v - mu
+    var = (d * d).sum() / np.float32(n)
+    return d / np.sqrt(var + eps) * w + b
+
+
+@compiled
+def transformer_step(
+    x: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    clip: np.float32,
+    inp_wt: np.ndarray,
+    inp_b: np.ndarray,
+    ln1_w: np.ndarray,
+    ln1_b: np.ndarray,
+    qkv_wt: np.ndarray,
+    qkv_b: np.ndarray,
+    slot_bias: np.ndarray,
+    out_wt: np.ndarray,
+    out_b: np.ndarray,
+    ln2_w: np.ndarray,
+    ln2_b: np.ndarray,
+    ffn1_wt: np.ndarray,
+    ffn1_b: np.ndarray,
+    ffn2_wt: np.ndarray,
+    ffn2_b: np.ndarray,
+    ln_w: np.ndarray,
+    ln_b: np.ndarray,
+    head_wt: np.ndarray,
+    head_b: np.ndarray,
+    eps: np.float32,
+    heads: int,
+    state: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sliding-window Transformer's one-bar step (nets.SlidingTransformer.stepper): x [F]
+    -> logits [6] and the new state. Per-layer weights stacked on a first axis, transposed
+    ([in, out]). The state is flat: the additive key mask [P] (P = W - 1: 0 where a cached
+    key exists, -1e4 where not yet), then per layer the key and the value caches [H, P, dh],
+    oldest first."""
+    d = inp_b.shape[0]
+    dh = d // heads
+    p = slot_bias.shape[2] - 1
+    size = heads * p * dh
+    scale = np.float32(1.0 / np.sqrt(np.float32(dh)))
+    new = np.empty_like(state)
+    new[: p - 1] = state[1:p]  # the mask slides: the newest key exists
+    new[p - 1] = 0.0
+    h = inp_b.copy()
+    _add_product(h, normalise(x, mean, std, clip), inp_wt)
+    scores = np.empty(p + 1, dtype=np.float32)
+    for layer in range(qkv_wt.shape[0]):
+        at = p + 2 * layer * size
+        cache_k = state[at : at + size].reshape(heads, p, dh)
+        cache_v = state[at + size : at + 2 * size].reshape(heads, p, dh)
+        new_k = new[at : at + size].reshape(heads, p, dh)
+        new_v = new[at + size : at + 2 * size].reshape(heads, p, dh)
+        qkv = qkv_b[layer].copy()
+        _add_product(qkv, _layer_norm(h, ln1_w[layer], ln1_b[layer], eps), qkv_wt[layer])
+        o = np.zeros(d, dtype=np.float32)
+        for hh in range(heads):
+            q, k, v = hh * dh, d + hh * dh, 2 * d + hh * dh  # where each head's part starts
+            for j in range(p + 1):  # keys oldest first; the newest is this bar's own
+                dot = np.float32(0.0)
+                for e in range(dh):
+                    key = cache_k[hh, j, e] if j < p else qkv[k + e]
+                    dot += qkv[q + e] * key
+                scores[j] = dot * scale + slot_bias[layer, hh, j] + (state[j] if j < p else 0.0)
+            top = scores.max()
+            total = np.float32(0.0)
+            for j in range(p + 1):
+                scores[j] = np.exp(scores[j] - top)
+                total += scores[j]
+            for j in range(p + 1):
+                w = scores[j] / total
+                for e in range(dh):
+                    value = cache_v[hh, j, e] if j < p else qkv[v + e]
+                    o[hh * dh + e] += w * value
+            new_k[hh, : p - 1] = cache_k[hh, 1:]
+            new_k[hh, p - 1] = qkv[k : k + dh]
+            new_v[hh, : p - 1] = cache_v[hh, 1:]
+            new_v[hh, p - 1] = qkv[v : v + dh]
+        attended = out_b[layer].copy()
+        _add_product(attended, o, out_wt[layer])
+        h = h + attended
+        f = ffn1_b[layer].copy()
+        _add_product(f, _layer_norm(h, ln2_w[layer], ln2_b[layer], eps), ffn1_wt[layer])
+        for i in range(f.shape[0]):  # GELU, tanh form (as the network's)
+            u = f[i]
+            inner = np.float32(0.7978845608) * (u + np.float32(0.044715) * u * u * u)
+            f[i] = np.float32(0.5) * u * (np.float32(1.0) + np.tanh(inner))
+        g = ffn2_b[layer].copy()
+        _add_product(g, f, ffn2_wt[layer])
+        h = h + g
+    logits = head_b.copy()
+    _add_product(logits, _layer_norm(h, ln_w, ln_b, eps), head_wt)
+    return logits, new

@@ -314,65 +314,119 @@ class TCN(SeqNet):
 
         return step
 
-    def array_stepper(self) -> TcnArrayStep | None:
-        """`stepper()` compiled (scalpd/models/kernels.py): the same arithmetic to float
-        tolerance in a few microseconds, on a copy of the weights taken now (unlike stepper(),
-        it does not see later in-place updates; a view would dangle once torch moves a
-        tensor's storage, as it does to send the network to the learning worker's process,
-        share_memory_). None when a layer is not a plain Linear on CPU (int8 keeps the torch
-        step)."""
-        linears = [self.inp, self.head] + [
-            conv.lin
-            for block in self.blocks
-            for conv in (block.conv1, block.conv2)  # type: ignore[union-attr]
-        ]
-        if any(type(m) is not nn.Linear or m.weight.device.type != "cpu" for m in linears):
-            return None
+    def array_stepper(self) -> ArrayStep | None:
+        """`stepper()` compiled (kernels.tcn_step), on a copy of the weights: see ArrayStep.
+        None when a layer is not a plain Linear on CPU (int8 keeps the torch step)."""
         convs = [conv for block in self.blocks for conv in (block.conv1, block.conv2)]  # type: ignore[union-attr]
-
-        def own(t: Tensor) -> np.ndarray:  # C order, float32, its own memory
-            return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
-
-        memory = [conv.memory for conv in convs]
+        if not _plain_cpu([self.inp, self.head, *(conv.lin for conv in convs)]):
+            return None
         weights = (
-            own(self.norm.mean),
-            own(self.norm.std),
-            np.float32(self.norm.clip),
-            own(self.inp.weight.T),
-            own(self.inp.bias),
-            np.stack([own(conv.lin.weight.T) for conv in convs]),
-            np.stack([own(conv.lin.bias) for conv in convs]),
+            *_norm_arrays(self.norm),
+            _own(self.inp.weight.T),
+            _own(self.inp.bias),
+            np.stack([_own(conv.lin.weight.T) for conv in convs]),
+            np.stack([_own(conv.lin.bias) for conv in convs]),
             np.array([conv.dilation for conv in convs], dtype=np.int64),
-            np.concatenate([[0], np.cumsum(memory)]).astype(np.int64),
-            own(self.head.weight.T),
-            own(self.head.bias),
+            np.concatenate([[0], np.cumsum([conv.memory for conv in convs])]).astype(np.int64),
+            _own(self.head.weight.T),
+            _own(self.head.bias),
         )
-        return TcnArrayStep(weights, self.cfg.hidden)
+        return ArrayStep(self, kernels.tcn_step, weights, (-1, self.cfg.hidden))
 
 
-class TcnArrayStep:
-    """The TCN's compiled one-bar step (`TCN.array_stepper`). Its state is one array, every
-    convolution's FIFO in turn ([rows, C]); `to_torch` and `from_torch` convert it to and from
-    the list `forward_chunk` takes (views, no copy one way)."""
+def _own(t: Tensor) -> np.ndarray:
+    """A tensor's values as a C-order float32 array with memory of its own."""
+    return np.array(t.detach().numpy(), dtype=np.float32, order="C", copy=True)
 
-    def __init__(self, weights: tuple[Any, ...], hidden: int) -> None:
-        self._weights, self._hidden = weights, hidden
-        self._offset: np.ndarray = weights[8]
+
+def _plain_cpu(mods: list[nn.Module]) -> bool:
+    return all(type(m) is nn.Linear and m.weight.device.type == "cpu" for m in mods)
+
+
+def _norm_arrays(norm: Normaliser) -> tuple[np.ndarray, np.ndarray, np.float32]:
+    return _own(norm.mean), _own(norm.std), np.float32(norm.clip)
+
+
+class ArrayStep:
+    """A network's one-bar step compiled (scalpd/models/kernels.py): `stepper()`'s arithmetic
+    to float tolerance in one call, without torch's or numpy's per-operation overhead. It runs
+    on a copy of the weights taken when built (unlike stepper(), it does not see later in-place
+    updates: a view would dangle once torch moves a tensor's storage, as it does to send the
+    network to the learning worker's process, share_memory_).
+
+    Its state is one array: the network's `initial_state(1)` tensors flattened and put end to
+    end, in the shape its kernel reads (`shape`); `to_torch` and `from_torch` convert it to and
+    from the list `forward_chunk` takes (views one way, no copy). A step returns a new state
+    and leaves the one it was given as it was."""
+
+    def __init__(
+        self,
+        net: SeqNet,
+        kernel: Callable[..., Any],
+        weights: tuple[Any, ...],
+        shape: tuple[int, ...],
+    ) -> None:
+        self._kernel, self._weights = kernel, weights
+        self._shapes = [tuple(t.shape) for t in net.initial_state(1)]
+        self._sizes = np.cumsum([0] + [int(np.prod(s)) for s in self._shapes])
+        self._shape = shape
+        self._initial = self.from_torch(net.initial_state(1))
+        # Compiled (or loaded from numba's disk cache) now, never at a bar that counts: the
+        # first call of a kernel compiles it, seconds without a cache.
+        self(np.zeros(net.n_features, dtype=np.float32), self._initial)
 
     def initial_state(self) -> np.ndarray:
-        return np.zeros((int(self._offset[-1]), self._hidden), dtype=np.float32)
+        return self._initial.copy()
 
     def __call__(self, x: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """x [F] float32 -> logits [2, 3] and the new state (the given one is not changed)."""
-        logits, new = kernels.tcn_step(x, *self._weights, state)
+        """x [F] -> logits [2, 3] and the new state."""
+        # Always a fresh float32, C-order, writable array: another dtype, layout or a
+        # read-only input would be a new type to numba, compiled at this bar.
+        x = np.array(x, dtype=np.float32, order="C", copy=True)
+        logits, new = self._kernel(x, *self._weights, state)
         return logits.reshape(N_SIDES, N_CLASSES), new
 
     def to_torch(self, state: np.ndarray) -> State:
-        o = self._offset
-        return [torch.from_numpy(state[None, o[i] : o[i + 1]]) for i in range(len(o) - 1)]
+        flat, at = state.reshape(-1), self._sizes
+        return [
+            torch.from_numpy(flat[at[i] : at[i + 1]].reshape(shape))
+            for i, shape in enumerate(self._shapes)
+        ]
 
     def from_torch(self, state: State) -> np.ndarray:
-        return np.ascontiguousarray(np.concatenate([s[0].numpy() for s in state]))
+        flat = np.concatenate([s.detach().numpy().reshape(-1) for s in state])
+        return np.ascontiguousarray(flat, dtype=np.float32).reshape(self._shape)
+
+
+class EnsembleArrayStep:
+    """The members' compiled steps side by side: logits stacked [M, 2, 3]; the state is the
+    list of the members' states."""
+
+    def __init__(self, members: list[ArrayStep], splits: list[int]) -> None:
+        self._members, self._splits = members, splits
+
+    def initial_state(self) -> list[np.ndarray]:
+        return [m.initial_state() for m in self._members]
+
+    def __call__(
+        self, x: np.ndarray, state: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        outs, new = [], []
+        for member, s in zip(self._members, state, strict=True):
+            logits, s = member(x, s)
+            outs.append(logits)
+            new.append(s)
+        return np.stack(outs), new
+
+    def to_torch(self, state: list[np.ndarray]) -> State:
+        return [t for m, s in zip(self._members, state, strict=True) for t in m.to_torch(s)]
+
+    def from_torch(self, state: State) -> list[np.ndarray]:
+        out, at = [], 0
+        for member, n in zip(self._members, self._splits, strict=True):
+            out.append(member.from_torch(state[at : at + n]))
+            at += n
+        return out
 
 
 # -- sliding-window Transformer --------------------------------------------------------------
@@ -563,6 +617,48 @@ class SlidingTransformer(SeqNet):
 
         return step
 
+    def array_stepper(self) -> ArrayStep | None:
+        """`stepper()` compiled (kernels.transformer_step), on a copy of the weights: see
+        ArrayStep. None when a layer is not a plain Linear on CPU (int8)."""
+        layers = list(self.layers)
+        linears = [self.inp, self.head]
+        for layer in layers:
+            linears += [layer.attn.qkv, layer.attn.out, layer.ffn[0], layer.ffn[2]]  # type: ignore[union-attr, index]
+        if not _plain_cpu(linears):
+            return None
+
+        def stacked(get: Callable[[Any], Tensor]) -> np.ndarray:
+            return np.stack([_own(get(layer)) for layer in layers])
+
+        eps = {m.eps for m in self.modules() if isinstance(m, nn.LayerNorm)}
+        if len(eps) != 1:
+            return None  # one epsilon for every LayerNorm is what the kernel takes
+        weights = (
+            *_norm_arrays(self.norm),
+            _own(self.inp.weight.T),
+            _own(self.inp.bias),
+            stacked(lambda m: m.ln1.weight),
+            stacked(lambda m: m.ln1.bias),
+            stacked(lambda m: m.attn.qkv.weight.T),
+            stacked(lambda m: m.attn.qkv.bias),
+            stacked(lambda m: m.attn.slot_bias),
+            stacked(lambda m: m.attn.out.weight.T),
+            stacked(lambda m: m.attn.out.bias),
+            stacked(lambda m: m.ln2.weight),
+            stacked(lambda m: m.ln2.bias),
+            stacked(lambda m: m.ffn[0].weight.T),
+            stacked(lambda m: m.ffn[0].bias),
+            stacked(lambda m: m.ffn[2].weight.T),
+            stacked(lambda m: m.ffn[2].bias),
+            _own(self.ln.weight),
+            _own(self.ln.bias),
+            _own(self.head.weight.T),
+            _own(self.head.bias),
+            np.float32(eps.pop()),
+            self.cfg.heads,
+        )
+        return ArrayStep(self, kernels.transformer_step, weights, (-1,))
+
 
 # -- online LSTM -----------------------------------------------------------------------------
 
@@ -639,6 +735,32 @@ class OnlineLSTM(SeqNet):
             return head(z).view(-1, N_SIDES, N_CLASSES), [torch.stack(hs), torch.stack(cs)]
 
         return step
+
+    def array_stepper(self) -> ArrayStep | None:
+        """`stepper()` compiled (kernels.lstm_step), on a copy of the weights: see ArrayStep.
+        None when quantised (int8) or not on CPU."""
+        lstm = self.lstm
+        if not hasattr(lstm, "weight_ih_l0") or not _plain_cpu([self.head]):
+            return None
+        n, hidden = self.cfg.layers, self.cfg.hidden
+
+        def each(name: str, transpose: bool = False) -> list[np.ndarray]:
+            ts = [getattr(lstm, f"{name}_l{i}") for i in range(n)]
+            return [_own(t.T if transpose else t) for t in ts]
+
+        w_ih = each("weight_ih", transpose=True)
+        rest = np.stack(w_ih[1:]) if n > 1 else np.zeros((0, hidden, 4 * hidden), np.float32)
+        weights = (
+            *_norm_arrays(self.norm),
+            w_ih[0],
+            rest,
+            np.stack(each("weight_hh", transpose=True)),
+            np.stack(each("bias_ih")),
+            np.stack(each("bias_hh")),
+            _own(self.head.weight.T),
+            _own(self.head.bias),
+        )
+        return ArrayStep(self, kernels.lstm_step, weights, (2, n, hidden))
 
 
 # -- ensemble --------------------------------------------------------------------------------
@@ -719,6 +841,13 @@ class EnsembleNet(nn.Module):
             return torch.stack(outs, dim=1), new
 
         return step
+
+    def array_stepper(self) -> EnsembleArrayStep | None:
+        """Every member's compiled step (None unless each member has one)."""
+        steps = [getattr(m, "array_stepper", lambda: None)() for m in self.members]
+        if any(step is None for step in steps):
+            return None
+        return EnsembleArrayStep(steps, self._splits)
 
     def members_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         return self.members_stepper()(x, state)

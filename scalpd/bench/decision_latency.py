@@ -5,11 +5,12 @@ Set-up, none of it timed:
 
 - Data: BTC/USDT, ETH/USDT and SOL/USDT one-minute bars of the same span (from 2024-10-01
   03:00 UTC, the window the three files share, see ../shared/data/README.md).
-- Model: an ensemble (TCN, Transformer, LSTM, default sizes, ONNX backend as the daemon serves
-  it) trained for one epoch on the four days of BTC/USDT before that span. Its entry threshold
-  (`strategy.min_confidence`) is the 80th percentile of its own probabilities over those
-  training days, so that the measured bars hold entries and exits: an untrained-looking model
-  that never clears 0.55 would measure no order at all. The risk layer gets the same
+- Model: an ensemble (TCN, Transformer, LSTM, default sizes, served as the daemon serves it by
+  default: the eager backend, every member's one-bar step compiled) trained for one epoch on
+  the four days of BTC/USDT before that span. Its entry threshold (`strategy.min_confidence`)
+  is the 80th percentile of its own probabilities over those training days, so that the
+  measured bars hold entries and exits: an untrained-looking model that never clears 0.55
+  would measure no order at all. The risk layer gets the same
   confidence floor and its loss breakers off (a losing streak would halt the entries); its
   other checks run as configured by default.
 - The fake exchange (scalpd/fakex) runs in a child process, so its work never shares the
@@ -473,7 +474,7 @@ def measure_decision_latency(
 ) -> LatencyRun:
     """Drive the daemon over `bars` (one step: one bar of every symbol) against the fake
     exchange in a child process; needs warmup_steps + measure_steps + 1 bars per symbol (the
-    last only opens). `model_backend`: None keeps the daemon's default (ONNX)."""
+    last only opens). `model_backend`: None keeps the daemon's default (eager)."""
     with tempfile.TemporaryDirectory() as tmp:
         return _measure_in_loop(
             bars, model_path, threshold, Path(tmp), paper=paper, model_backend=model_backend,

@@ -407,8 +407,12 @@ class OnlineLearner:
         self.lr_rule = lr_rule or VolatilityLr()
         self.buffer = ReplayBuffer(net.n_features, self.params.capacity_bars)
         self.rounds = 0
-        # Bars whose label has not matured: (x, high, low, close), oldest first.
-        self._pending: deque[tuple[np.ndarray, float, float, float]] = deque()
+        # Bars whose label has not matured: (x, close), oldest first; their highs and lows in
+        # `_extremes` ([high, low] x 2H: each bar written at n % H and n % H + H, so the
+        # newest H of them are always one ordered slice, no copy).
+        self._pending: deque[tuple[np.ndarray, float]] = deque()
+        self._extremes = np.zeros((2, 2 * self.label.horizon_bars))
+        self._since_gap = 0
         self._last_ms: int | None = None
 
     @property
@@ -428,14 +432,17 @@ class OnlineLearner:
                 self.buffer.push(self._pending.popleft()[0], np.full(2, -1), False)
                 pushed += 1
             self.buffer.mark_gap()
+            self._since_gap = 0
         self._last_ms = int(open_time_ms)
-        self._pending.append(
-            (np.asarray(x, dtype=np.float32), float(high), float(low), float(close))
-        )
+        self._pending.append((np.asarray(x, dtype=np.float32), float(close)))
+        at = self._since_gap % h
+        self._extremes[0, at] = self._extremes[0, at + h] = high
+        self._extremes[1, at] = self._extremes[1, at + h] = low
+        self._since_gap += 1
         if len(self._pending) > h:
-            x0, _, _, close0 = self._pending.popleft()
-            highs = np.fromiter((b[1] for b in self._pending), float, h)
-            lows = np.fromiter((b[2] for b in self._pending), float, h)
+            x0, close0 = self._pending.popleft()
+            newest = self._since_gap % h  # the bars after x0's, oldest first
+            highs, lows = self._extremes[:, newest : newest + h]
             self.buffer.push(x0, matured_label(close0, highs, lows, self.label), True)
             pushed += 1
         return pushed

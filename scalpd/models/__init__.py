@@ -8,6 +8,7 @@
 - train.py: `train(...)` -> ModelArtifact (device: XPU, then CUDA, then CPU).
 - artifact.py: save/load models/<name>/<version>/ with a model card.
 - backends.py: `Predictor` on "eager" | "onnx" | "int8".
+- kernels.py: the networks' one-bar steps compiled (numba), which the eager backend runs.
 - cli.py: `scalpd train`; bench.py: model benchmarks.
 - basic_features.py: a stand-in feature set until scalpd/features lands.
 

@@ -1,6 +1,8 @@
 """Inference backends behind one `Predictor`: eager PyTorch, ONNX Runtime, INT8 (dynamic).
 
-- "eager": the PyTorch network as trained (float32).
+- "eager": the PyTorch network as trained (float32); its one-bar step compiled by numba
+  (kernels.py, `array_stepper()`: every kind on CPU), its chunks and series in torch. The
+  default for live and replay: the fastest one-bar step here (`scalpd bench models_*`).
 - "int8": `torch.ao.quantization.quantize_dynamic` on every Linear and LSTM (weights int8,
   activations quantised per call). The TCN's convolutions are Linears over their taps, so they
   are quantised too. Activation scales are computed per call, so an int8 step and an int8

@@ -22,6 +22,8 @@ import numba
 import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A network's input stage: the normaliser's (mean, std, clip), then the first Linear's W^T, b.
+Input = tuple[np.ndarray, np.ndarray, np.float32, np.ndarray, np.ndarray]
 
 
 def compiled(f: F) -> F:
@@ -56,8 +58,10 @@ def _relu(v: np.ndarray) -> None:
 
 
 @compiled
-def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: np.float32) -> np.ndarray:
-    """(x - mean) / std, NaN -> 0, clipped to +-clip (inf -> +-clip): `Normaliser`'s."""
+def normalise(x: np.ndarray, norm: tuple[np.ndarray, np.ndarray, np.float32]) -> np.ndarray:
+    """(x - mean) / std, NaN -> 0, clipped to +-clip (inf -> +-clip): `Normaliser`'s; norm is
+    (mean, std, clip)."""
+    mean, std, clip = norm
     z = np.empty_like(x)
     for j in range(x.shape[0]):
         v = (x[j] - mean[j]) / std[j]
@@ -72,13 +76,17 @@ def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: np.float32
 
 
 @compiled
+def _input_layer(x: np.ndarray, inp: Input) -> np.ndarray:
+    """The normalised input through the first Linear: inp is (mean, std, clip, W^T, b)."""
+    h = inp[4].copy()
+    _add_product(h, normalise(x, (inp[0], inp[1], inp[2])), inp[3])
+    return h
+
+
+@compiled
 def tcn_step(
     x: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    clip: np.float32,
-    inp_wt: np.ndarray,
-    inp_b: np.ndarray,
+    inp: Input,
     conv_wt: np.ndarray,
     conv_b: np.ndarray,
     dilation: np.ndarray,
@@ -92,11 +100,10 @@ def tcn_step(
     blocks of C per tap, oldest first (CausalConv's Linear). The state is every convolution's
     last (k-1)*d inputs in one array [rows, C], convolution i's at rows offset[i]:offset[i+1],
     oldest first; convolutions come in pairs, one residual block each."""
-    c = inp_b.shape[0]
+    c = inp[4].shape[0]
     k = conv_wt.shape[1] // c
     new = np.empty_like(state)
-    h = inp_b.copy()
-    _add_product(h, normalise(x, mean, std, clip), inp_wt)
+    h = _input_layer(x, inp)
     _relu(h)
     for block in range(conv_wt.shape[0] // 2):
         a = h
@@ -142,9 +149,7 @@ def _sigmoid(v: np.float32) -> np.float32:
 @compiled
 def lstm_step(
     x: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    clip: np.float32,
+    norm: tuple[np.ndarray, np.ndarray, np.float32],
     w_ih0_t: np.ndarray,
     w_ih_t: np.ndarray,
     w_hh_t: np.ndarray,
@@ -160,7 +165,7 @@ def lstm_step(
     (w_ih_t[n - 1] [H, 4H])."""
     n_layers, hidden = state.shape[1], state.shape[2]
     new = np.empty_like(state)
-    z = normalise(x, mean, std, clip)
+    z = normalise(x, norm)
     for n in range(n_layers):
         gates = b_ih[n].copy()
         _add_product(gates, z, w_ih0_t if n == 0 else w_ih_t[n - 1])
@@ -193,11 +198,7 @@ def _layer_norm(v: np.ndarray, w: np.ndarray, b: np.ndarray, eps: np.float32) ->
 @compiled
 def transformer_step(
     x: np.ndarray,
-    mean: np.ndarray,
-    std: np.ndarray,
-    clip: np.float32,
-    inp_wt: np.ndarray,
-    inp_b: np.ndarray,
+    inp: Input,
     ln1_w: np.ndarray,
     ln1_b: np.ndarray,
     qkv_wt: np.ndarray,
@@ -224,7 +225,7 @@ def transformer_step(
     ([in, out]). The state is flat: the additive key mask [P] (P = W - 1: 0 where a cached
     key exists, -1e4 where not yet), then per layer the key and the value caches [H, P, dh],
     oldest first."""
-    d = inp_b.shape[0]
+    d = inp[4].shape[0]
     dh = d // heads
     p = slot_bias.shape[2] - 1
     size = heads * p * dh
@@ -232,8 +233,7 @@ def transformer_step(
     new = np.empty_like(state)
     new[: p - 1] = state[1:p]  # the mask slides: the newest key exists
     new[p - 1] = 0.0
-    h = inp_b.copy()
-    _add_product(h, normalise(x, mean, std, clip), inp_wt)
+    h = _input_layer(x, inp)
     scores = np.empty(p + 1, dtype=np.float32)
     for layer in range(qkv_wt.shape[0]):
         at = p + 2 * layer * size

@@ -321,9 +321,7 @@ class TCN(SeqNet):
         if not _plain_cpu([self.inp, self.head, *(conv.lin for conv in convs)]):
             return None
         weights = (
-            *_norm_arrays(self.norm),
-            _own(self.inp.weight.T),
-            _own(self.inp.bias),
+            (*_norm_arrays(self.norm), _own(self.inp.weight.T), _own(self.inp.bias)),
             np.stack([_own(conv.lin.weight.T) for conv in convs]),
             np.stack([_own(conv.lin.bias) for conv in convs]),
             np.array([conv.dilation for conv in convs], dtype=np.int64),
@@ -634,9 +632,7 @@ class SlidingTransformer(SeqNet):
         if len(eps) != 1:
             return None  # one epsilon for every LayerNorm is what the kernel takes
         weights = (
-            *_norm_arrays(self.norm),
-            _own(self.inp.weight.T),
-            _own(self.inp.bias),
+            (*_norm_arrays(self.norm), _own(self.inp.weight.T), _own(self.inp.bias)),
             stacked(lambda m: m.ln1.weight),
             stacked(lambda m: m.ln1.bias),
             stacked(lambda m: m.attn.qkv.weight.T),
@@ -751,7 +747,7 @@ class OnlineLSTM(SeqNet):
         w_ih = each("weight_ih", transpose=True)
         rest = np.stack(w_ih[1:]) if n > 1 else np.zeros((0, hidden, 4 * hidden), np.float32)
         weights = (
-            *_norm_arrays(self.norm),
+            _norm_arrays(self.norm),
             w_ih[0],
             rest,
             np.stack(each("weight_hh", transpose=True)),

@@ -124,6 +124,17 @@ def _rows(daemon: Daemon, table: str) -> list[dict[str, Any]]:
         store.close()
 
 
+def _saved_tripped(daemon: Daemon) -> list[str]:
+    """The breakers tripped in the risk state on disk, read by another connection (only
+    what was committed)."""
+    store = Store(daemon.settings.store.path)
+    try:
+        saved = store.load_risk_state(daemon.risk_account)
+    finally:
+        store.close()
+    return [] if saved is None else RiskState.from_json(saved).tripped()
+
+
 def test_ctl_status_pause_resume_and_errors(tmp_path: Path) -> None:
     async def scenario() -> Daemon:
         async with running(tmp_path, paper=True) as h:
@@ -149,6 +160,7 @@ def test_ctl_status_pause_resume_and_errors(tmp_path: Path) -> None:
             await h.step_until(h.has_position)
             answer = await request(h.socket, "pause", reason="news at 14:30")
             assert answer == {"paused": True, "reason": "news at 14:30"}
+            assert _saved_tripped(h.daemon) == ["manual"]  # committed: it outlives a crash
             status = await request(h.socket, "status")
             assert status["paused"] is True
             assert status["risk"]["tripped"]["manual"]["reason"] == "paused by news at 14:30"
@@ -165,6 +177,7 @@ def test_ctl_status_pause_resume_and_errors(tmp_path: Path) -> None:
             assert all(i["decision"].startswith("paused by manual") for i in entries)
 
             assert (await request(h.socket, "resume"))["reset"] == ["manual"]
+            assert _saved_tripped(h.daemon) == []
             await h.step_until(h.has_position)  # entries again
             return h.daemon
 

@@ -180,6 +180,7 @@ class Daemon:
         if engine is not None and not (manual is not None and manual.tripped):
             self._stop_paused = True
             engine.pause(self._now_ms(), STOPPING)
+            self.commit()
 
     async def wait_processed(self, bars: int) -> None:
         """Until `bars` closed bars have been fully handled (decided and sent)."""
@@ -245,7 +246,11 @@ class Daemon:
                 cash=cash,
                 risk_state=risk_state,
                 on_risk_event=self._alert_risk,
-                save_risk_state=lambda state_json: store.save_risk_state(account, state_json),
+                # Written in the current transaction: every path that changes it commits
+                # (a bar before its orders leave, a tick, a pause or resume, a stop).
+                save_risk_state=lambda state_json: store.save_risk_state(
+                    account, state_json, commit=False
+                ),
                 portfolio=book,
                 log=DeferredLog(structlog.get_logger("scalpd.engine"), self._later),
             )
@@ -589,6 +594,7 @@ class Daemon:
             now_ms = self.risk_now_ms()
             if now_ms is not None:
                 engine.tick(now_ms)
+                self.commit()  # a cool-down's end or a new day's reset, on disk
 
     def _alert_risk(self, event: RiskEvent) -> None:
         if self.alerter is None:

@@ -269,6 +269,7 @@ class DaemonServices:
     def pause(self, args: dict[str, Any]) -> dict[str, Any]:
         reason = str(args.get("reason") or "operator")
         self.engine.pause(self._now_ms(), reason)
+        self.daemon.commit()  # the pause outlives a crash
         return {"paused": self.engine.risk.entries_paused(), "reason": reason}
 
     def resume(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +277,7 @@ class DaemonServices:
             raise RuntimeError("the daemon is stopping: no resume")
         breaker = args.get("breaker")
         names = self.engine.resume(self._now_ms(), None if breaker is None else str(breaker))
+        self.daemon.commit()
         if breaker is not None and not names:
             tripped = ", ".join(self.engine.risk.state.tripped()) or "none"
             raise ValueError(f"breaker {breaker!r} is not tripped; tripped: {tripped}")

@@ -293,18 +293,24 @@ class Store:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    def save_risk_state(self, account: str, state_json: str) -> None:
-        """Store (or replace) the risk state of an account (e.g. "binance:main" or a run id).
+    def save_risk_state(self, account: str, state_json: str, *, commit: bool = True) -> None:
+        """Store (or replace) the risk state of an account (e.g. "binance:main" or a run id),
+        as durably as the connection's journal runs (synchronous=FULL under a live or paper
+        journal): a lost halt would let a restarted daemon trade.
 
-        Committed at once, and as durably as the connection's journal runs (synchronous=FULL
-        under a live or paper journal): a lost halt would let a restarted daemon trade."""
+        commit: at once (True), or with the caller's next commit (False): the daemon's, made
+        before anything the change follows from is acted on. A bar's fills and the risk state
+        they changed then reach the disk in one transaction, both or neither (committed apart,
+        a crash between them counted a loss whose fill recovery would book again), with one
+        fsync on the decision path, not two."""
         self.conn.execute(
             "INSERT INTO risk_state(account, updated_ms, state_json) VALUES (?, ?, ?) "
             "ON CONFLICT(account) DO UPDATE SET updated_ms=excluded.updated_ms, "
             "state_json=excluded.state_json",
             (account, _now_ms(), state_json),
         )
-        self.conn.commit()
+        if commit:
+            self.conn.commit()
 
     def load_risk_state(self, account: str) -> str | None:
         """The account's risk state JSON as last saved; None when it has none."""

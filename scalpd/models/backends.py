@@ -122,7 +122,9 @@ class Runner(Protocol):
 
 
 class TorchRunner:
-    """Eager or int8: the network on CPU, under inference mode."""
+    """Eager or int8: the network on CPU, under inference mode. A compiled step copies the
+    weights when the runner is built: weights changed later need a new runner (the online
+    model builds one per version; nothing trains a served network in place)."""
 
     def __init__(self, net: StreamingNet) -> None:
         self.net = net.eval()

@@ -29,12 +29,25 @@ Input = tuple[np.ndarray, np.ndarray, np.float32, np.ndarray, np.ndarray]
 def compiled(f: F) -> F:
     """numba.njit with an on-disk cache where one can be written (numba finds none when this
     folder, the user's cache and NUMBA_CACHE_DIR are all read-only or unset: it then compiles
-    in memory at each start)."""
-    options = {"nogil": True, "error_model": "numpy"}
+    in memory at each start). Compiled at the first call: a caller that must not compile at
+    a bar makes that call first (ArrayStep does when built)."""
+    return _njit(f, None)
+
+
+def compiled_as(signature: str) -> Callable[[F], F]:
+    """`compiled` for one signature only, compiled (or loaded from the cache) when the module
+    is imported, for functions called first on a bar's path; another type is a TypeError,
+    never a compilation there."""
+    return lambda f: _njit(f, signature)
+
+
+def _njit(f: F, signature: str | None) -> F:
+    options: dict[str, Any] = {"nogil": True, "error_model": "numpy"}
+    args = () if signature is None else (signature,)
     try:
-        return numba.njit(cache=True, **options)(f)  # type: ignore[no-any-return]
+        return numba.njit(*args, cache=True, **options)(f)  # type: ignore[no-any-return]
     except RuntimeError:  # "cannot cache function ...: no locator available"
-        return numba.njit(cache=False, **options)(f)  # type: ignore[no-any-return]
+        return numba.njit(*args, cache=False, **options)(f)  # type: ignore[no-any-return]
 
 
 @compiled
@@ -125,7 +138,7 @@ def tcn_step(
     return logits, new
 
 
-@compiled
+@compiled_as("float32[:, ::1](float32[:, ::1])")
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Probabilities over the last axis of [rows, classes] float32 logits, in float32
     (backends' numpy softmax, in a tenth of its time at one bar)."""

@@ -21,7 +21,7 @@ import numpy as np
 from scalpd.data.bars import BarColumns
 from scalpd.events import BAR_INTERVAL_MS
 from scalpd.models.errors import ModelError
-from scalpd.models.kernels import compiled
+from scalpd.models.kernels import compiled_as
 
 TAKE_PROFIT, STOP_LOSS, TIMEOUT = 0, 1, 2
 CLASS_NAMES = ("take_profit", "stop_loss", "timeout")
@@ -134,14 +134,14 @@ def matured_label(
         raise ModelError(f"a matured label needs the {h} bars after its bar, got {len(high)}")
     return _first_barriers(
         float(entry_close),
-        np.asarray(high, dtype=np.float64),
-        np.asarray(low, dtype=np.float64),
+        np.array(high, dtype=np.float64),  # copies: the one array type compiled
+        np.array(low, dtype=np.float64),
         params.take_profit_bps / 1e4,
         params.stop_loss_bps / 1e4,
     )
 
 
-@compiled
+@compiled_as("int64[::1](float64, float64[::1], float64[::1], float64, float64)")
 def _first_barriers(
     entry_close: float, high: np.ndarray, low: np.ndarray, take: float, stop: float
 ) -> np.ndarray:

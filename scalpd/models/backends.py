@@ -127,7 +127,7 @@ class TorchRunner:
     model builds one per version; nothing trains a served network in place)."""
 
     def __init__(self, net: StreamingNet) -> None:
-        self.net = net.eval()
+        self.net = net if not net.training else net.eval()
         # The one-bar input is copied (and cast) into a fixed tensor through its numpy view:
         # torch.from_numpy on every bar costs ~6 us. No state keeps a reference to it.
         self._x = torch.zeros(1, net.n_features)
@@ -504,7 +504,13 @@ def make_predictor(
     ModelArtifact.predictors); the stream state is the new predictor's own either way."""
     if backend not in BACKENDS:
         raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    net = net.cpu().eval()
+    # Each call moves and switches only what needs it: .cpu() and .eval() walk every module
+    # even when nothing changes (~0.3 ms of a TCN predictor's ~0.6), and the online model
+    # builds a predictor per approved version.
+    if any(t.device.type != "cpu" for t in itertools.chain(net.parameters(), net.buffers())):
+        net = net.cpu()
+    if net.training:
+        net.eval()
     set_threads(threads)
     if backend == "int8":
         # Dynamic quantisation scales activations per call: shorter chunks keep one outlier

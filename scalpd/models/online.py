@@ -47,6 +47,7 @@ round)). A time budget makes the step count, hence the weights, depend on the ma
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -204,13 +205,17 @@ def eval_loss(net: SeqNet, batch: Batch | None) -> float:
     """batch_loss without gradients, in eval mode; NaN when there is nothing to score."""
     if batch is None or not bool((batch.mask & (batch.y >= 0).all(dim=-1)).any()):
         return math.nan
-    net.eval()
+    if net.training:  # .eval() walks every module even when nothing changes
+        net.eval()
     with torch.inference_mode():
         return float(batch_loss(net, batch))
 
 
 def weights_finite(net: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in net.state_dict().values())
+    """Every parameter and buffer finite (one check over them all, not one per tensor)."""
+    tensors = [t.detach().reshape(-1) for t in itertools.chain(net.parameters(), net.buffers())]
+    floats = [t for t in tensors if t.is_floating_point()]
+    return not floats or bool(torch.isfinite(torch.cat(floats)).all())
 
 
 def fine_tune_copy(

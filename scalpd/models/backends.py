@@ -44,7 +44,7 @@ from scalpd.models import kernels
 from scalpd.models.device import set_threads
 from scalpd.models.ensemble import EnsembleWeighter, weight_series
 from scalpd.models.errors import ModelError
-from scalpd.models.nets import N_CLASSES, EnsembleNet, SeqNet, StreamingNet
+from scalpd.models.nets import EnsembleNet, SeqNet, StreamingNet
 
 BACKENDS = ("eager", "onnx", "int8")
 DEFAULT_CHUNK_BARS = 4096
@@ -60,8 +60,10 @@ class SeriesPrediction(NamedTuple):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Probabilities over the last axis of logits of any leading shape, in float32: one
+    compiled pass (kernels.softmax) for a bar's [2, 3] and for a series' [T, M, 2, 3] alike."""
+    x = np.require(logits, np.float32, ["C", "W"])  # the one array type it is compiled for
+    return kernels.softmax(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
 def segment_starts(n: int, open_time_ms: np.ndarray | None) -> np.ndarray:
@@ -151,7 +153,7 @@ class TorchRunner:
     def step(self, x: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         if self._array_step is not None:
             logits, state = self._array_step(x, state)
-            return kernels.softmax(logits.reshape(-1, N_CLASSES)).reshape(logits.shape), state
+            return softmax(logits), state
         self._x_np[:] = x
         with torch.inference_mode():
             logits, state = self._step(self._x, state)

@@ -365,10 +365,11 @@ class ArrayStep:
         shape: tuple[int, ...],
     ) -> None:
         self._kernel, self._weights = kernel, weights
-        self._shapes = [tuple(t.shape) for t in net.initial_state(1)]
+        initial = net.initial_state(1)
+        self._shapes = [tuple(t.shape) for t in initial]
         self._sizes = np.cumsum([0] + [int(np.prod(s)) for s in self._shapes])
         self._shape = shape
-        self._initial = self.from_torch(net.initial_state(1))
+        self._initial = self.from_torch(initial)
         # Compiled (or loaded from numba's disk cache) now, never at a bar that counts: the
         # first call of a kernel compiles it, seconds without a cache.
         self(np.zeros(net.n_features, dtype=np.float32), self._initial)

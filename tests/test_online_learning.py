@@ -30,6 +30,8 @@ from scalpd.models.online import (
     OnlineParams,
     ReplayBuffer,
     VolatilityLr,
+    batch_loss,
+    batch_loss_and_grads,
     eval_loss,
     fine_tune_copy,
     guard_candidate,
@@ -322,3 +324,99 @@ def test_clone_net_has_weights_of_its_own(kind: str) -> None:
     assert torch.equal(net(x), before)
     assert not torch.allclose(twin(x), before)
     assert net.norm.std.eq(1.0).all()
+
+
+def _scored_at_last(n_features: int, bars: int, seed: int) -> Batch:
+    """Training windows as the learner draws them (each scored at its last bar), with the
+    cases the loss must handle: an invalid feature, an unlabelled side, an unscored window."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, bars, n_features, generator=g) * 2
+    x[0, -1, 1], x[2, -5, 0] = float("nan"), float("inf")
+    y = torch.randint(0, 3, (6, bars, 2), generator=g)
+    y[1, -1, 0] = -1
+    mask = torch.zeros(6, bars, dtype=torch.bool)
+    mask[:, -1] = True
+    mask[3, -1] = False
+    return Batch(x, y, mask)
+
+
+@pytest.mark.parametrize(
+    ("net_cfg", "bars"),
+    [({}, 64), ({"hidden": 8, "levels": 2, "dropout": 0.3}, 13), ({"kernel": 2}, 20)],
+)
+def test_tcn_backward_by_hand_equals_autograd(net_cfg: dict, bars: int) -> None:
+    """The online learner's gradient: the TCN's hand-written backward pass gives batch_loss
+    and autograd's gradient of every parameter; where it does not apply (a window shorter
+    than the context, dropout in training mode, windows scored before their last bar, a
+    network without one) it says so and autograd does the step."""
+    torch.manual_seed(0)
+    net = build_net({"kind": "tcn", "n_features": 5, **net_cfg})
+    assert isinstance(net, SeqNet)
+    with torch.no_grad():
+        net.norm.mean.uniform_(-0.5, 0.5)
+        net.norm.std.uniform_(0.5, 2.0)
+    batch = _scored_at_last(5, bars, seed=1)
+    net.eval()  # the dropout case: eval mode, then training mode below
+    by_hand = batch_loss_and_grads(net, batch)
+    if net.context_bars > bars:
+        assert by_hand is None
+        return
+    assert by_hand is not None
+    loss, grads = by_hand
+    reference = batch_loss(net, batch)
+    expected = torch.autograd.grad(reference, list(net.parameters()))
+    assert loss == pytest.approx(float(reference.detach()), rel=1e-6)
+    assert len(grads) == len(expected)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    net.train()
+    assert (batch_loss_and_grads(net, batch) is None) == (net.cfg.dropout > 0)
+    early = Batch(batch.x, batch.y, batch.mask.roll(-1, dims=1))  # scored one bar early
+    assert batch_loss_and_grads(net, early) is None
+    assert batch_loss_and_grads(build_net(default_config("lstm", 5)), batch) is None
+
+
+def _torch_fine_tune(
+    approved: SeqNet, batches: list[Batch], lr: float, l2: float, clip: float
+) -> SeqNet:
+    """fine_tune_copy as torch's parts do it: autograd, the pull, clip_grad_norm_, Adam."""
+    net = copy.deepcopy(approved).train()
+    anchor = [p.detach().clone() for p in approved.parameters()]
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for batch in batches:
+        opt.zero_grad()
+        loss = batch_loss(net, batch)
+        pull = sum((p - a).square().sum() for p, a in zip(net.parameters(), anchor, strict=True))
+        (loss + l2 / 2 * pull).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+    return net.eval()
+
+
+@pytest.mark.parametrize(("kind", "clip"), [("tcn", 3.3), ("transformer", 2.5), ("lstm", 0.5)])
+def test_fine_tune_copy_equals_torchs_optimiser(kind: str, clip: float) -> None:
+    """fine_tune_copy's update (the hand-written TCN gradient, one flat tensor of weights,
+    its own Adam, pull and clip) moves the weights as autograd and torch.optim.Adam do; the
+    clip (a bound per kind between its gradient norms, ~0.3 to ~19 here) cuts some steps
+    and not others. The approved network is left as it was."""
+    torch.manual_seed(0)
+    approved = build_net(default_config(kind, 5))
+    assert isinstance(approved, SeqNet)
+    before = [p.detach().clone() for p in approved.parameters()]
+    batches = [_scored_at_last(5, 64, seed) for seed in range(6)]
+    batches[2].x.mul_(40.0)  # a large gradient: clipped
+    draw = iter(batches)
+    tuned, losses = fine_tune_copy(
+        approved, lambda: next(draw), max_steps=6, lr=3e-3, anchor_l2=0.5, grad_clip=clip
+    )
+    expected = _torch_fine_tune(approved, batches, lr=3e-3, l2=0.5, clip=clip)
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    for got, want, old in zip(tuned.parameters(), expected.parameters(), before, strict=True):
+        # Adam divides by the gradient's scale: float noise in a near-zero gradient moves a
+        # weight by up to a few 1e-6 (one step moves it by up to lr, 3e-3).
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
+        assert not torch.equal(got, old)
+    for p, old in zip(approved.parameters(), before, strict=True):
+        assert torch.equal(p, old)
+    x = torch.randn(2, 64, 5)
+    torch.testing.assert_close(tuned(x), expected(x), rtol=1e-4, atol=1e-5)

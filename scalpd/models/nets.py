@@ -45,12 +45,19 @@ _MASKED = -1e4  # an additive attention mask: exp(-1e4) is exactly 0 in float32
 
 
 Step = Callable[[Tensor, State], tuple[Tensor, State]]
+Backward = Callable[[Tensor], list[Tensor]]  # d loss / d output -> parameters' gradients
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 # At one bar, the cost of a step is per-operation overhead, not arithmetic: nn.Module's call
 # costs ~3 us and each attribute lookup on a module ~1 us, as much as a 48x144 product. The
 # one-bar steps are therefore closures over their weights (`stepper()`), built once.
+
+
+def _relu_backward(grad: Tensor, out: Tensor) -> Tensor:
+    """grad where relu's output `out` is positive, else 0: the kernel autograd uses for
+    relu (~8 us at a training batch's size against ~60 for torch.where or a cast mask)."""
+    return torch.ops.aten.threshold_backward(grad, out, 0)
 
 
 def _bind_linear(mod: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -286,6 +293,63 @@ class TCN(SeqNet):
             a = c2.lin(block.drop(a).index_select(1, taps2).view(b, len(taps2) // k, -1))
             h = torch.relu(h.index_select(1, keep) + block.drop(torch.relu(a)))
         return self.head(h[:, -1]).view(b, N_SIDES, N_CLASSES)
+
+    def last_with_backward(self, x: Tensor) -> tuple[Tensor, Backward] | None:
+        """forward_last(x), without an autograd graph, and its backward pass written out: a
+        function from d loss / d logits [B, 2, 3] to every parameter's gradient (parameters()
+        order). For the online learner's optimiser steps: at its size a step's matrix
+        products are ~half of autograd's step, the rest was autograd's bookkeeping, the
+        module calls and masks cast to float; this pays for the products and little else.
+        None where it does not apply: a window shorter than the context, dropout on."""
+        plan = self._last_plan(x.shape[1])
+        if plan is None or (self.training and self.cfg.dropout > 0):
+            return None
+        b, k = x.shape[0], self.cfg.kernel
+        with torch.no_grad():
+            z = self.norm(x.index_select(1, plan[0][0]))
+            h = torch.relu(self.inp(z))
+            saved = []  # per block: its input, its two gathers, relu outputs (masks for later)
+            for block, (_, taps1, taps2, keep) in zip(self.blocks, plan, strict=True):
+                c1, c2 = block.conv1.lin, block.conv2.lin  # type: ignore[union-attr]
+                g1 = h.index_select(1, taps1).view(b, len(taps1) // k, -1)
+                r1 = torch.relu(c1(g1))
+                g2 = r1.index_select(1, taps2).view(b, len(taps2) // k, -1)
+                r2 = torch.relu(c2(g2))
+                out = torch.relu(h.index_select(1, keep) + r2)
+                saved.append((h, g1, r1, g2, r2, out))
+                h = out
+            last = h[:, -1]
+            logits = self.head(last).view(b, N_SIDES, N_CLASSES)
+
+        def backward(d_logits: Tensor) -> list[Tensor]:
+            with torch.no_grad():
+                d_out = d_logits.reshape(b, N_OUT)
+                grads: list[Tensor] = []
+                tail = [d_out.t().mm(last), d_out.sum(0)]
+                dh = torch.zeros_like(h)
+                dh[:, -1] = d_out.mm(self.head.weight)
+                for i in reversed(range(len(saved))):
+                    h_in, g1, r1, g2, r2, out = saved[i]
+                    _, taps1, taps2, keep = plan[i]
+                    block = self.blocks[i]
+                    w1, w2 = block.conv1.lin.weight, block.conv2.lin.weight  # type: ignore[union-attr]
+                    d_sum = _relu_backward(dh, out)
+                    du2 = _relu_backward(d_sum, r2).flatten(0, 1)
+                    dg2 = du2.mm(w2).view(b, -1, h_in.shape[-1])
+                    dr1 = torch.zeros_like(r1).index_add_(1, taps2, dg2)
+                    du1 = _relu_backward(dr1, r1).flatten(0, 1)
+                    dg1 = du1.mm(w1).view(b, -1, h_in.shape[-1])
+                    dh = torch.zeros_like(h_in).index_add_(1, taps1, dg1).index_add_(1, keep, d_sum)
+                    grads = [
+                        du1.t().mm(g1.flatten(0, 1)), du1.sum(0),
+                        du2.t().mm(g2.flatten(0, 1)), du2.sum(0),
+                        *grads,
+                    ]  # fmt: skip
+                h0 = saved[0][0]
+                da0 = _relu_backward(dh, h0).flatten(0, 1)
+                return [da0.t().mm(z.flatten(0, 1)), da0.sum(0), *grads, *tail]
+
+        return logits, backward
 
     def stepper(self) -> Step:
         norm, inp, head = _bind_norm(self.norm), _bind_linear(self.inp), _bind_linear(self.head)

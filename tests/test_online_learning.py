@@ -241,10 +241,17 @@ def test_a_poisoned_batch_is_rejected_and_never_served(market: dict, pretrained:
                               margin_nats=PARAMS.guard_margin_nats)  # fmt: skip
     assert loss > approved_loss + 0.1 and not verdict.accept  # seen: 0.67 -> 1.09
     # Non-finite weights (e.g. a step that overflowed): rejected whatever the loss says.
-    broken = copy.deepcopy(served)
+    assert weights_finite(served)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = copy.deepcopy(served)
+        with torch.no_grad():
+            list(broken.parameters())[3].view(-1)[-1] = bad
+        assert not weights_finite(broken)
+    huge = copy.deepcopy(served)  # finite, though their sum overflows
     with torch.no_grad():
-        next(broken.parameters())[0, 0] = float("nan")
-    assert not weights_finite(broken)
+        for p in huge.parameters():
+            p.fill_(3e38)
+    assert weights_finite(huge)
     assert not guard_candidate(eval_loss(broken, holdout), approved_loss,
                                candidate_finite=False, margin_nats=0.02).accept  # fmt: skip
     # Through the learner: a rejected candidate never replaces the served weights.

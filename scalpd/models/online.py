@@ -275,8 +275,8 @@ class FlatAdam:
         self.mean.lerp_(grad, 1 - b1)
         self.square.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         # The square's floor changes no result (its root is far below eps, absorbed in the
-        # sum) but keeps zeros and subnormals, which every never-moved weight's is, off
-        # sqrt's slow path (~3x to ~20x the time of normal numbers here).
+        # sum) but keeps zeros and subnormals off sqrt's slow path (~3x to ~20x the time of
+        # normal numbers here): a weight whose gradient has always been 0 has a square of 0.
         root = self.square.clamp_min(self._tiny).sqrt_()
         denom = (root / math.sqrt(1 - b2**self.steps)).add_(self.eps)
         self.weights.addcdiv_(self.mean, denom, value=-self.lr / (1 - b1**self.steps))

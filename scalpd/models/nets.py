@@ -283,16 +283,27 @@ class TCN(SeqNet):
         plan = self._last_plan(x.shape[1])
         if plan is None:
             return self.forward(x)[:, -1]
-        b = x.shape[0]
-        h = torch.relu(self.inp(self.norm(x.index_select(1, plan[0][0]))))
-        k = self.cfg.kernel
+        _, saved = self._last_pass(x, plan)
+        return self.head(saved[-1][-1][:, -1]).view(x.shape[0], N_SIDES, N_CLASSES)
+
+    def _last_pass(self, x: Tensor, plan: list[Any]) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
+        """forward_last's pass over the plan's rows: the normalised input rows, and per block
+        (its input, conv1's gathered inputs, conv1's relu output, conv2's gathered inputs,
+        conv2's relu output, the block's output), the activations its backward reads."""
+        b, k = x.shape[0], self.cfg.kernel
+        z = self.norm(x.index_select(1, plan[0][0]))
+        h = torch.relu(self.inp(z))
+        saved = []
         for block, (_, taps1, taps2, keep) in zip(self.blocks, plan, strict=True):
-            c1, c2 = block.conv1, block.conv2  # type: ignore[union-attr]
-            a = c1.lin(h.index_select(1, taps1).view(b, len(taps1) // k, -1))
-            a = torch.relu(a)
-            a = c2.lin(block.drop(a).index_select(1, taps2).view(b, len(taps2) // k, -1))
-            h = torch.relu(h.index_select(1, keep) + block.drop(torch.relu(a)))
-        return self.head(h[:, -1]).view(b, N_SIDES, N_CLASSES)
+            c1, c2 = block.conv1.lin, block.conv2.lin  # type: ignore[union-attr]
+            g1 = h.index_select(1, taps1).view(b, len(taps1) // k, -1)
+            r1 = torch.relu(c1(g1))
+            g2 = block.drop(r1).index_select(1, taps2).view(b, len(taps2) // k, -1)
+            r2 = torch.relu(c2(g2))
+            out = torch.relu(h.index_select(1, keep) + block.drop(r2))
+            saved.append((h, g1, r1, g2, r2, out))
+            h = out
+        return z, saved
 
     def last_with_backward(self, x: Tensor) -> tuple[Tensor, Backward] | None:
         """forward_last(x), without an autograd graph, and its backward pass written out: a
@@ -304,20 +315,10 @@ class TCN(SeqNet):
         plan = self._last_plan(x.shape[1])
         if plan is None or (self.training and self.cfg.dropout > 0):
             return None
-        b, k = x.shape[0], self.cfg.kernel
+        b = x.shape[0]
         with torch.no_grad():
-            z = self.norm(x.index_select(1, plan[0][0]))
-            h = torch.relu(self.inp(z))
-            saved = []  # per block: its input, its two gathers, relu outputs (masks for later)
-            for block, (_, taps1, taps2, keep) in zip(self.blocks, plan, strict=True):
-                c1, c2 = block.conv1.lin, block.conv2.lin  # type: ignore[union-attr]
-                g1 = h.index_select(1, taps1).view(b, len(taps1) // k, -1)
-                r1 = torch.relu(c1(g1))
-                g2 = r1.index_select(1, taps2).view(b, len(taps2) // k, -1)
-                r2 = torch.relu(c2(g2))
-                out = torch.relu(h.index_select(1, keep) + r2)
-                saved.append((h, g1, r1, g2, r2, out))
-                h = out
+            z, saved = self._last_pass(x, plan)
+            h = saved[-1][-1]
             last = h[:, -1]
             logits = self.head(last).view(b, N_SIDES, N_CLASSES)
 

@@ -185,16 +185,30 @@ class ReplayBuffer:
         return self.batch_at(pick, seq_len)
 
 
+def _scored(batch: Batch) -> torch.Tensor:
+    """The positions a loss counts [B, T]: scored by the mask, both sides labelled."""
+    return batch.mask & (batch.y >= 0).all(dim=-1)
+
+
+def _last_bar_only(batch: Batch) -> Batch | None:
+    """The batch cut to its last bar when that is the only one scored (training windows),
+    else None."""
+    if bool(batch.mask[:, :-1].any()):
+        return None
+    return Batch(batch.x, batch.y[:, -1:], batch.mask[:, -1:])
+
+
 def batch_loss(net: SeqNet, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the scored, labelled positions and both sides (train.py's)."""
-    last = getattr(net, "forward_last", None)
-    if last is not None and not bool(batch.mask[:, :-1].any()):
+    forward_last = getattr(net, "forward_last", None)
+    last = _last_bar_only(batch) if forward_last is not None else None
+    if forward_last is not None and last is not None:
         # Training windows score their last bar only: the TCN computes just what it needs.
-        batch = Batch(batch.x, batch.y[:, -1:], batch.mask[:, -1:])
-        logits = last(batch.x).unsqueeze(1)
+        batch = last
+        logits = forward_last(batch.x).unsqueeze(1)
     else:
         logits = net(batch.x)
-    scored = batch.mask & (batch.y >= 0).all(dim=-1)
+    scored = _scored(batch)
     loss_all = F.cross_entropy(
         logits.reshape(-1, 3), batch.y.clamp_min(0).reshape(-1), reduction="none"
     ).view(*scored.shape, 2)
@@ -205,15 +219,14 @@ def batch_loss_and_grads(net: SeqNet, batch: Batch) -> tuple[float, list[torch.T
     """batch_loss and its gradient per parameter (parameters() order) through the network's
     hand-written backward pass (`last_with_backward`: the TCN's, on windows scored at their
     last bar); None where it has none, and autograd does it."""
-    last = getattr(net, "last_with_backward", None)
-    if last is None or bool(batch.mask[:, :-1].any()):
-        return None
-    out = last(batch.x)
-    if out is None:
+    with_backward = getattr(net, "last_with_backward", None)
+    last = _last_bar_only(batch) if with_backward is not None else None
+    out = with_backward(batch.x) if with_backward is not None and last is not None else None
+    if out is None or last is None:
         return None
     logits, backward = out
-    y = batch.y[:, -1]
-    scored = batch.mask[:, -1] & (y >= 0).all(dim=-1)
+    y = last.y[:, 0]
+    scored = _scored(last)[:, 0]
     weight = (scored / (2 * scored.sum().clamp_min(1))).view(-1, 1, 1)  # per window and side
     target = y.clamp_min(0).unsqueeze(-1)
     log_p = torch.log_softmax(logits, dim=-1)
@@ -225,7 +238,7 @@ def batch_loss_and_grads(net: SeqNet, batch: Batch) -> tuple[float, list[torch.T
 
 def eval_loss(net: SeqNet, batch: Batch | None) -> float:
     """batch_loss without gradients, in eval mode; NaN when there is nothing to score."""
-    if batch is None or not bool((batch.mask & (batch.y >= 0).all(dim=-1)).any()):
+    if batch is None or not bool(_scored(batch).any()):
         return math.nan
     if net.training:  # .eval() walks every module even when nothing changes
         net.eval()
